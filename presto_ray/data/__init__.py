@@ -1,0 +1,1 @@
+"""Data layer: latent statistics, object-storage URIs, training datasets."""

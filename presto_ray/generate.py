@@ -1,0 +1,174 @@
+"""``generate``: prompts -> WAV files from an exported (or checkpointed) model.
+
+Stages: text encoding -> sampling in latent space (teacher: Heun/Euler with CFG; student:
+ping-pong) -> de-normalisation with the dataset statistics -> codec decode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from presto_ray.data import storage
+from presto_ray.edm import ClassifierFreeGuidance, EDMPrecond, karras_sigmas, sample_pingpong, sample_teacher
+from presto_ray.models.codec import load_codec
+from presto_ray.models.cond import Cond
+from presto_ray.models.dit import DiT1D
+from presto_ray.models.text import load_text_encoder
+from presto_ray.runtime import Runtime, choose_runtime
+from presto_ray.train.export import Exported, load_export
+
+log = logging.getLogger("presto_ray.generate")
+
+
+@dataclass
+class Prompt:
+    """One request: caption text, optional tempo, length in seconds and noise seed."""
+
+    text: str
+    bpm: float | None = None
+    seconds: float | None = None
+    seed: int = 0
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """A ``.txt`` file (one caption per line) or ``.jsonl`` (objects with prompt/text, bpm,
+    seconds, seed). Errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file '{path}' does not exist")
+    prompts = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+                text = obj.get("prompt", obj.get("text"))
+                if not isinstance(text, str):
+                    raise ValueError("no 'prompt' string")
+                prompts.append(Prompt(text, obj.get("bpm"), obj.get("seconds"), int(obj.get("seed", n - 1))))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{path}:{n}: {err}") from None
+        else:
+            prompts.append(Prompt(line.strip(), seed=n - 1))
+    if not prompts:
+        raise ValueError(f"prompts file '{path}' holds no prompts")
+    return prompts
+
+
+class MusicGenerator:
+    """Loads one exported role and turns prompts into waveforms."""
+
+    def __init__(self, checkpoint: str, role: str = "teacher", runtime: Runtime | None = None):
+        self.runtime = runtime or choose_runtime()
+        self._tmp = tempfile.TemporaryDirectory(prefix="presto-export-") if storage.is_remote(checkpoint) else None
+        local = storage.fetch_dir(checkpoint, Path(self._tmp.name) if self._tmp else Path("."))
+        self.export: Exported = load_export(local)
+        cfg = self.export.cfg
+        net = DiT1D(cfg.model)
+        self.denoiser = EDMPrecond(net, cfg.edm.sigma_data)
+        missing, unexpected = self.denoiser.load_state_dict(self.export.state_dict(role), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{self.export.folder}: weights do not fit the model config "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.denoiser.to(self.runtime.device).eval()
+        self.codec = load_codec(cfg.codec)
+        self.text = load_text_encoder(cfg.text, device=self.runtime.device)
+        self.role = role
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def frames_for(self, seconds: float | None) -> int:
+        cfg = self.export.cfg
+        if seconds is None:
+            return cfg.model.latent_frames
+        frames = self.codec.frames_for(int(round(seconds * self.codec.sample_rate)))
+        return max(cfg.model.patch, int(math.ceil(frames / cfg.model.patch)) * cfg.model.patch)
+
+    def condition(self, prompts: list[Prompt]) -> Cond:
+        tokens, mask = self.text.encode([p.text for p in prompts])
+        bpm = torch.tensor([math.nan if p.bpm is None else float(p.bpm) for p in prompts])
+        return Cond(tokens=tokens, mask=mask, bpm=bpm).to(self.runtime.device)
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[Prompt], *, steps: int | None = None, cfg_scale: float | None = None,
+                       sampler: str = "teacher", progress: bool = False, **sampler_kw) -> torch.Tensor:
+        """Prompts of equal length -> normalised latents [B, C, T]."""
+        cfg = self.export.cfg
+        frames = {self.frames_for(p.seconds) for p in prompts}
+        if len(frames) != 1:
+            raise ValueError("sample_latents takes prompts of one length; use generate() for mixed lengths")
+        shape = (cfg.model.latent_channels, frames.pop())
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(p.seed)) for p in prompts])
+        noise = noise.to(self.runtime.device)
+        cond = self.condition(prompts)
+        steps = steps or cfg.sampler.steps
+        sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho, device=self.runtime.device)
+        gen = torch.Generator(device=self.runtime.device).manual_seed(prompts[0].seed + 1)
+        with self.runtime.autocast():
+            if sampler == "pingpong":
+                x = sample_pingpong(self.denoiser, noise, sigmas, cond, generator=gen, progress=progress, **sampler_kw)
+            else:
+                scale = cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale
+                x = sample_teacher(ClassifierFreeGuidance(self.denoiser, scale), noise, sigmas, cond,
+                                   solver=cfg.sampler.solver, s_churn=cfg.sampler.s_churn,
+                                   s_tmin=cfg.sampler.s_tmin, s_tmax=cfg.sampler.s_tmax,
+                                   s_noise=cfg.sampler.s_noise, generator=gen, progress=progress, **sampler_kw)
+        return x.float()
+
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised latents [B, C, T] -> waveforms [B, n] float32."""
+        latent = self.export.stats.denormalise(x.float().cpu())
+        return self.codec.decode(latent).cpu().numpy().astype(np.float32)
+
+    def generate(self, prompts: list[Prompt], *, batch_size: int = 8, progress: bool = True,
+                 **kw) -> list[np.ndarray]:
+        """Prompts -> one waveform [n] each, batched by length."""
+        for i, p in enumerate(prompts):
+            if not p.text.strip():
+                raise ValueError(f"prompt {i} is empty")
+        out: list[np.ndarray | None] = [None] * len(prompts)
+        by_len: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_len.setdefault(self.frames_for(p.seconds), []).append(i)
+        for idx in by_len.values():
+            for lo in range(0, len(idx), batch_size):
+                chunk = idx[lo:lo + batch_size]
+                x = self.sample_latents([prompts[i] for i in chunk], progress=progress, **kw)
+                for i, wav in zip(chunk, self.decode(x)):
+                    out[i] = wav
+        return out  # type: ignore[return-value]
+
+
+def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> Path:
+    """Peak-safe 16-bit PCM WAV; written to a temporary name and renamed (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.wav")
+    sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    tmp.replace(path)
+    return path
+
+
+def generate_files(checkpoint: str, prompts: list[Prompt], out_dir: str | Path, *, role: str = "teacher",
+                   **kw) -> list[Path]:
+    """Generate one WAV per prompt into ``out_dir`` (``000_<slug>.wav``); returns the paths."""
+    gen = MusicGenerator(checkpoint, role=role)
+    wavs = gen.generate(prompts, **kw)
+    out = Path(out_dir)
+    paths = []
+    for i, (p, wav) in enumerate(zip(prompts, wavs)):
+        slug = "".join(ch if ch.isalnum() else "_" for ch in p.text.lower())[:40].strip("_")
+        paths.append(write_wav(out / f"{i:03d}_{slug}.wav", wav, gen.sample_rate))
+    log.info("wrote %d files to %s", len(paths), out)
+    return paths

@@ -1,0 +1,1 @@
+"""Training layer: DeepSpeed engines per role, worker loops, checkpoints, TorchTrainer builders."""

@@ -1,0 +1,27 @@
+"""Connecting to Ray: an in-process local cluster by default, ``--address``/RAY_ADDRESS otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger("presto_ray")
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process. A local cluster gets at least ``num_cpus`` logical CPUs
+    (Ray Data and the Train controller need a slot beside the workers)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined Ray cluster at %s", address)
+        return
+    cpus = max(os.cpu_count() or 1, num_cpus or 0)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "")}}
+             if os.environ.get("DS_ACCELERATOR") else None)
+    log.info("started a local Ray cluster with %d logical CPUs", cpus)
