@@ -1,0 +1,138 @@
+"""EDM preconditioning (Karras et al. 2022, METHOD.md section 1).
+
+D(x, sigma, c) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma), c), with
+
+    c_skip = sd^2 / (sigma^2 + sd^2)        c_out = sigma sd / sqrt(sigma^2 + sd^2)
+    c_in   = 1 / sqrt(sigma^2 + sd^2)       c_noise = ln(sigma) / 4
+    lambda = (sigma^2 + sd^2) / (sigma sd)^2   (loss weight; lambda * c_out^2 = 1)
+
+where sd = sigma_data. Every coefficient function accepts a tensor (or a python float) and
+returns a tensor of the same shape; broadcast a per-sample sigma [B] against x [B, ...] with
+:func:`expand_sigma`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from presto_ray.edm import Denoiser
+
+
+def _t(value: Tensor | float) -> Tensor:
+    return value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float32)
+
+
+def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """Noise levels as a [B] tensor on x's device (B = x.shape[0]).
+
+    sigma: python float, 0-d tensor, [1] or [B] tensor. The dtype is x's dtype promoted to at
+    least float32 (coefficients are never computed in half precision).
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
+    sigma = torch.as_tensor(sigma, device=x.device).to(dtype)
+    batch = x.shape[0]
+    if sigma.ndim == 0 or sigma.numel() == 1:
+        return sigma.reshape(1).expand(batch).clone()
+    if sigma.ndim != 1 or sigma.shape[0] != batch:
+        raise ValueError(f"sigma must be a scalar or have shape [{batch}], got {tuple(sigma.shape)}")
+    return sigma
+
+
+def expand_sigma(sigma: Tensor | float, like: Tensor) -> Tensor:
+    """Reshape a per-sample sigma [B] (or a scalar) to [B, 1, 1, ...] so it broadcasts against
+    ``like`` [B, ...]. A scalar gives a tensor of shape [1, 1, ...] (like.ndim dims)."""
+    sigma = torch.as_tensor(sigma, device=like.device)
+    if sigma.ndim == 0:
+        return sigma.reshape([1] * max(like.ndim, 1))
+    if sigma.ndim != 1:
+        raise ValueError(f"sigma must be a scalar or 1-D [B], got shape {tuple(sigma.shape)}")
+    return sigma.reshape([sigma.shape[0]] + [1] * (like.ndim - 1))
+
+
+def c_skip(sigma: Tensor | float, sigma_data: float) -> Tensor:
+    """Skip weight sd^2 / (sigma^2 + sd^2); same shape as sigma."""
+    sigma = _t(sigma)
+    return sigma_data**2 / (sigma**2 + sigma_data**2)
+
+
+def c_out(sigma: Tensor | float, sigma_data: float) -> Tensor:
+    """Output scale sigma sd / sqrt(sigma^2 + sd^2); same shape as sigma."""
+    sigma = _t(sigma)
+    return sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+
+
+def c_in(sigma: Tensor | float, sigma_data: float) -> Tensor:
+    """Input scale 1 / sqrt(sigma^2 + sd^2) (unit-variance network input); same shape as sigma."""
+    sigma = _t(sigma)
+    return (sigma**2 + sigma_data**2).rsqrt()
+
+
+def c_noise(sigma: Tensor | float) -> Tensor:
+    """Noise conditioning ln(sigma) / 4; same shape as sigma."""
+    return _t(sigma).log() / 4
+
+
+def loss_weight(sigma: Tensor | float, sigma_data: float) -> Tensor:
+    """EDM loss weight lambda = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2; same shape as sigma."""
+    sigma = _t(sigma)
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def score_from_denoiser(x0_hat: Tensor, x: Tensor, sigma: Tensor | float) -> Tensor:
+    """Score grad_x log p_sigma(x) = (x0_hat - x) / sigma^2.
+
+    x0_hat, x: [B, ...]; sigma: [B] or scalar (broadcast with :func:`expand_sigma`). Returns [B, ...].
+    """
+    s = expand_sigma(sigma, x).to(x.dtype)
+    return (x0_hat - x) / s**2
+
+
+def first_output(out: Tensor | tuple[Tensor, Any]) -> Tensor:
+    """The x0 estimate of a denoiser output: the tensor itself, or the first element of a tuple."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def denoise(denoiser: "Denoiser", x: Tensor, sigma: Tensor | float, cond: Any, **kw: Any) -> Tensor:
+    """Call ``denoiser(x, sigma [B], cond, **kw)`` and return only the x0 estimate [B, ...].
+
+    x: [B, ...]; sigma: scalar or [B] (converted to a [B] tensor on x's device).
+    """
+    return first_output(denoiser(x, as_sigma_batch(sigma, x), cond, **kw))
+
+
+class EDMPrecond(torch.nn.Module):
+    """Wrap a raw network F into the preconditioned denoiser D (a :class:`Denoiser`).
+
+    ``net(x_in [B, ...], c_noise [B], cond, **kw)`` returns F [B, ...] or a tuple (F, aux);
+    ``forward(x [B, ...], sigma (float or [B]), cond, **kw)`` returns D [B, ...] (in x's dtype)
+    or (D, aux) with aux passed through unchanged.
+    """
+
+    def __init__(self, net: torch.nn.Module, sigma_data: float) -> None:
+        super().__init__()
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.net = net
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Any, **kw: Any) -> Tensor | tuple[Tensor, Any]:
+        """x: [B, ...]; sigma: python float or [B]; returns D [B, ...] or (D, aux)."""
+        sigma = as_sigma_batch(sigma, x)
+        s = expand_sigma(sigma, x)
+        sd = self.sigma_data
+        out = self.net((c_in(s, sd) * x).to(x.dtype), c_noise(sigma), cond, **kw)
+        aux = None
+        is_tuple = isinstance(out, tuple)
+        if is_tuple:
+            if len(out) != 2:
+                raise ValueError(f"net returned a tuple of {len(out)} items, expected (F, aux)")
+            out, aux = out
+        d = (c_skip(s, sd) * x + c_out(s, sd) * out.to(s.dtype)).to(x.dtype)
+        return (d, aux) if is_tuple else d
+
+    def extra_repr(self) -> str:
+        return f"sigma_data={self.sigma_data}"
