@@ -138,7 +138,7 @@ class TrainConfig(_Section):
     log_every: int = 10
     eval_every: int = 50
     eval_batch: int = 16
-    eval_sigmas: list[float] = [0.02, 0.1, 0.3, 0.6, 1.0, 2.0, 5.0, 20.0]
+    eval_sigmas: list[float] = [0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 2.5]  # where the weighted loss can fall below 1
     checkpoint_every: int = 100
     nan_patience: int = 5
     max_failures: int = 0

@@ -29,7 +29,8 @@ def tiny_config():
     from presto_ray.config import load_config
 
     return load_config("tiny", ["data.num_examples=64", "train.batch_size=8", "train.eval_batch=8",
-                                "train.log_every=10", "train.warmup_steps=5", "train.ema_decay=0.9"])
+                                "train.log_every=10", "train.warmup_steps=5", "train.ema_decay=0.9",
+                                "train.lr=0.002"])
 
 
 @pytest.fixture(scope="session")

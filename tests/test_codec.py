@@ -205,3 +205,16 @@ def test_load_codec_errors(tmp_path):
     write_vae(tmp_path / "vae")
     with pytest.raises(ValueError, match="codec.sample_rate=16000"):
         load_codec(CodecConfig(name="vae", path=str(tmp_path / "vae")))
+
+
+def test_mel_decode_of_out_of_range_latents_stays_finite():
+    """A poor sample (huge or NaN log-mel values) must still decode to finite audio."""
+    from presto_ray.config import CodecConfig
+    from presto_ray.models.codec import MelCodec
+
+    codec = MelCodec(CodecConfig())
+    latent = torch.full((1, 32, 16), 70.0)
+    latent[0, 0, 0] = float("nan")
+    latent[0, 1, :] = -200.0
+    wav = codec.decode(latent)
+    assert torch.isfinite(wav).all() and wav.shape == (1, 16 * 512)

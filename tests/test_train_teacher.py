@@ -33,19 +33,19 @@ def _meta(step_dir: Path) -> dict:
 @pytest.mark.timeout(900)
 def test_zero2_two_workers_learns_checkpoints_and_resumes(tiny_config, tone_data, tmp_path):
     ds, stats = tone_data
-    cfg = _cfg(tiny_config, tmp_path, "z2", **{"train.num_workers": 2, "train.zero_stage": 2, "train.steps": 60,
-                                              "train.eval_every": 30, "train.checkpoint_every": 30})
+    cfg = _cfg(tiny_config, tmp_path, "z2", **{"train.num_workers": 2, "train.zero_stage": 2, "train.steps": 80,
+                                              "train.eval_every": 40, "train.checkpoint_every": 40})
     result = train_teacher(cfg, dataset=ds, stats=stats)
     run = tmp_path / "z2"
-    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000030", "step_00000060"]
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000040", "step_00000080"]
 
     # every role's DeepSpeed folder, both ranks' ZeRO shards, meta, RNG per rank, export
-    last = run / "step_00000060"
+    last = run / "step_00000080"
     ds_files = {p.name for p in (last / "teacher" / "ds").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= ds_files
     assert {p.name for p in (last / "rng").iterdir()} == {"rank_00000.safetensors", "rank_00001.safetensors"}
     meta = _meta(last)
-    assert meta["step"] == 60 and meta["world_size"] == 2 and meta["zero_stage"] == {"teacher": 2}
+    assert meta["step"] == 80 and meta["world_size"] == 2 and meta["zero_stage"] == {"teacher": 2}
     assert meta["config"]["model"]["depth"] == cfg.model.depth
     assert (last / "export" / "teacher.safetensors").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -58,19 +58,19 @@ def test_zero2_two_workers_learns_checkpoints_and_resumes(tiny_config, tone_data
     assert math.isfinite(final)
     assert final < 0.75 * initial["eval_loss"], (initial["eval_loss"], final)
 
-    # relaunch with the same run name and more steps: resumes from step 60 with the saved weights
-    longer = _cfg(cfg, tmp_path, "z2", **{"train.steps": 90})
+    # relaunch with the same run name and more steps: resumes from step 80 with the saved weights
+    longer = _cfg(cfg, tmp_path, "z2", **{"train.steps": 100})
     result2 = train_teacher(longer, dataset=ds, stats=stats)
-    meta90 = _meta(run / "step_00000090")
-    assert meta90["resumed_from"] == 60
-    assert meta90["resumed_weights_sha256"] == meta["weights_sha256"]
-    assert meta90["weights_sha256"] != meta["weights_sha256"]
-    steps_seen = result2.metrics_dataframe["step"].tolist()
-    assert min(steps_seen) > 60 and max(steps_seen) == 90
+    meta100 = _meta(run / "step_00000100")
+    assert meta100["resumed_from"] == 80
+    assert meta100["resumed_weights_sha256"] == meta["weights_sha256"]
+    assert meta100["weights_sha256"] != meta["weights_sha256"]
+    assert result2.metrics["step"] == 100
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_00000040", "step_00000080", "step_00000100"]
 
     # relaunching a finished run trains nothing more
     train_teacher(longer, dataset=ds, stats=stats)
-    assert sorted(p.name for p in run.glob("step_*"))[-1] == "step_00000090"
+    assert sorted(p.name for p in run.glob("step_*"))[-1] == "step_00000100"
 
 
 @pytest.mark.timeout(600)

@@ -16,6 +16,7 @@ import abc
 import contextlib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -187,6 +188,9 @@ class MelCodec(Codec):
         """latent: [B, n_mels, T] log-mel -> wav [B, T * hop_length] float32 (deterministic)."""
         latent = _check_latent(latent, self.channels)
         num_frames = latent.shape[-1]
+        # A magnitude frame of unit-bounded audio never exceeds the window sum (n_fft / 2), so
+        # clamping to that range loses nothing real and keeps a poor sample from overflowing exp.
+        latent = latent.nan_to_num(nan=math.log(LOG_FLOOR)).clamp(math.log(LOG_FLOOR), math.log(self.cfg.n_fft / 2))
         spec = self._inverse_mel(latent.exp())  # [B, F, T]
         # The encoder dropped the trailing centre frame; repeat the last one so that an STFT of
         # T * hop samples (T + 1 centred frames) matches during Griffin-Lim.
