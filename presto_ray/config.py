@@ -130,6 +130,7 @@ class TrainConfig(_Section):
     grad_clip: float = 1.0
     warmup_steps: int = 0
     zero_stage: Literal[0, 1, 2, 3] = 2
+    deepspeed: dict[str, Any] = {}  # merged into the generated DeepSpeed config (expert knobs)
     ema_decay: float = 0.999
     num_workers: int = 1
     cpus_per_worker: int = 1

@@ -13,6 +13,7 @@ log = logging.getLogger("presto_ray")
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process. A local cluster gets at least ``num_cpus`` logical CPUs
     (Ray Data and the Train controller need a slot beside the workers)."""
+    quiet_data_progress()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -25,3 +26,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
              runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "")}}
              if os.environ.get("DS_ACCELERATOR") else None)
     log.info("started a local Ray cluster with %d logical CPUs", cpus)
+
+
+def quiet_data_progress() -> None:
+    """Ray Data's per-operator bars flood job logs once per epoch; training logs its own progress."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False

@@ -26,7 +26,7 @@ from presto_ray.train.ema import EMA
 from presto_ray.train.engine import RoleEngine, build_engine, weights_digest
 from presto_ray.train.export import write_export
 from presto_ray.train.guard import NonFiniteGuard
-from presto_ray.train.logbook import Logbook
+from presto_ray.train.logbook import Logbook, Progress
 
 log = logging.getLogger("presto_ray.train")
 
@@ -78,12 +78,7 @@ def teacher_worker(loop_config: dict) -> None:
     guard.skipped = state.skipped
     eval_x0, eval_cond = batch_to_inputs(loop_config["eval_batch"], stats, runtime.device)
     book = Logbook(cfg, loop_config["run_uri"]) if rank == 0 else None
-    bar = None
-    if rank == 0:
-        from ray.experimental.tqdm_ray import tqdm
-
-        bar = tqdm(total=cfg.train.steps, desc=f"train-teacher {cfg.run.name}", position=0)
-        bar.update(state.step)
+    progress = Progress(cfg.train.steps, state.step)
 
     def write_rank0(folder: Path) -> None:
         weights = ema.state_dict() if ema is not None else None
@@ -98,14 +93,16 @@ def teacher_worker(loop_config: dict) -> None:
             book.flush()
 
     shard = ray.train.get_dataset_shard("train")
-    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+    window_loss, window_n, data_wait, t0 = 0.0, 0, 0.0, time.perf_counter()
     while state.step < cfg.train.steps:
         batches = shard.iter_torch_batches(
             batch_size=cfg.train.batch_size, drop_last=True, device=runtime.device,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
             local_shuffle_seed=cfg.train.seed + 7919 * state.epoch + rank,
         )
+        t_wait = time.perf_counter()
         for batch in batches:
+            data_wait += time.perf_counter() - t_wait
             x0, cond = batch_to_inputs(batch, stats, runtime.device)
             cond = cond.drop(cfg.edm.p_uncond, generator=generator)
             with runtime.autocast():
@@ -122,8 +119,6 @@ def teacher_worker(loop_config: dict) -> None:
             state.step += 1
             state.skipped = guard.skipped
             window_loss, window_n = window_loss + loss.item(), window_n + 1
-            if bar is not None:
-                bar.update(1)
 
             metrics: dict = {}
             last = state.step >= cfg.train.steps
@@ -134,25 +129,24 @@ def teacher_worker(loop_config: dict) -> None:
                 elapsed = time.perf_counter() - t0
                 metrics.update({"step": state.step, "epoch": state.epoch, "loss": window_loss / window_n,
                                 "lr": role.engine.get_lr()[0], "skipped_nonfinite": guard.skipped,
-                                "steps_per_s": window_n / elapsed})
-                window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                                "steps_per_s": window_n / elapsed, "data_wait_frac": data_wait / elapsed})
+                window_loss, window_n, data_wait, t0 = 0.0, 0, 0.0, time.perf_counter()
                 if book is not None:
                     book.log(state.step, metrics)
-                    log.info("step %d/%d %s", state.step, cfg.train.steps,
-                             " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                      if k in ("loss", "eval_loss", "steps_per_s", "lr")))
-            if metrics or state.step % cfg.train.checkpoint_every == 0:
-                metrics.setdefault("step", state.step)
-                if state.step % cfg.train.checkpoint_every == 0 or last:
-                    state.extra["weights_sha256"] = weights_digest(role)
-                    save_and_report(metrics, [role], state, cfg, rank=rank, world_size=world,
-                                    generator=generator, write_rank0=write_rank0)
-                else:
-                    ray.train.report(metrics)
+                    log.info("%s %s", progress.line(state.step), " ".join(
+                        f"{k}={metrics[k]:.4g}" for k in ("loss", "eval_loss", "lr", "data_wait_frac") if k in metrics))
+            # ray.train.report is a barrier with the Train controller (~1 s on a small machine):
+            # report at checkpoints and evaluations only; logs and TensorBoard carry the rest.
+            metrics.setdefault("step", state.step)
+            if state.step % cfg.train.checkpoint_every == 0 or last:
+                state.extra["weights_sha256"] = weights_digest(role)
+                save_and_report(metrics, [role], state, cfg, rank=rank, world_size=world,
+                                generator=generator, write_rank0=write_rank0)
+            elif "eval_loss" in metrics:
+                ray.train.report(metrics)
             if last:
                 break
+            t_wait = time.perf_counter()
         state.epoch += 1
     if book is not None:
         book.close()
-    if bar is not None:
-        bar.close()
