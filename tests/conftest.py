@@ -12,9 +12,27 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_endpoint():
+    """A real S3 protocol server (moto) on 127.0.0.1 with a bucket "presto"; the endpoint and test
+    credentials are put in the environment before Ray starts, so Ray workers inherit them."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update({"PRESTO_S3_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "test-key",
+                       "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": "us-east-1"})
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="presto")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint):
     """A local Ray cluster (4 logical CPUs on a 2-core machine: Ray Data and the Train controller
-    need slots beside two workers)."""
+    need slots beside two workers). Started after the S3 server so workers inherit its settings."""
     import ray
 
     if not ray.is_initialized():

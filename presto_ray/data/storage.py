@@ -68,3 +68,17 @@ def fetch_dir(uri: str, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(into), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return into
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text file (local or object storage); local writes are atomic (temp + rename)."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        return
+    fs, path = resolve(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())

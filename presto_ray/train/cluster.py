@@ -22,9 +22,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("joined Ray cluster at %s", address)
         return
     cpus = max(os.cpu_count() or 1, num_cpus or 0)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "")}}
-             if os.environ.get("DS_ACCELERATOR") else None)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     log.info("started a local Ray cluster with %d logical CPUs", cpus)
 
 

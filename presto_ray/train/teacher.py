@@ -7,11 +7,12 @@ import logging
 
 import numpy as np
 import ray
+import yaml
 import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from presto_ray.config import PrestoConfig, save_config
+from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
 from presto_ray.data.batch import TRAIN_COLUMNS, stack_rows
 from presto_ray.data.stats import LatentStats
@@ -63,8 +64,7 @@ def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: L
     run_uri = storage.join(cfg.run.storage_path, cfg.run.name)
     fs, storage_path = storage.resolve(cfg.run.storage_path)
     fs.create_dir(storage.resolve(run_uri)[1], recursive=True)
-    if not storage.is_remote(run_uri):
-        save_config(cfg, storage.local_path(run_uri) / "config.yaml")
+    storage.write_text(storage.join(run_uri, "config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return TorchTrainer(
         teacher_worker,
         train_loop_config={
