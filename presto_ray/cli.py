@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help=".txt (one caption per line) or .jsonl (prompt, bpm, seconds, seed)")
     p.add_argument("--bpm", type=float, help="tempo for --prompt captions")
     p.add_argument("--seconds", type=float, help="length (default: the training clip length)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the first --prompt (others count up)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed of the first prompt; later prompts count up (file seeds are offset by it)")
     p.add_argument("--steps", type=int, help="sampler steps (default from the checkpoint's config)")
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (teacher)")
     p.add_argument("--role", default="teacher", help="exported role to sample (default teacher)")
@@ -91,8 +92,9 @@ def cmd_generate(args) -> int:
     from presto_ray.generate import Prompt, generate_files, load_prompts
 
     prompts = [Prompt(t, args.bpm, args.seconds, args.seed + i) for i, t in enumerate(args.prompt)]
-    if args.prompts_file:
-        prompts += load_prompts(args.prompts_file)
+    if args.prompts_file:  # file seeds continue after the --prompt seeds
+        prompts += [Prompt(p.text, p.bpm, p.seconds, p.seed + args.seed + len(prompts))
+                    for p in load_prompts(args.prompts_file)]
     if not prompts:
         print("presto-ray generate: give --prompt TEXT or --prompts-file FILE", file=sys.stderr)
         return 2
@@ -118,7 +120,13 @@ def cmd_quickstart(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also come after options: `train-teacher --run-name x train.lr=1e-4`
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command in PENDING:
         print(f"presto-ray {args.command}: not implemented yet; it arrives with {PENDING[args.command]}",

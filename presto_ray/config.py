@@ -60,6 +60,7 @@ class EDMConfig(_Section):
     p_mean: float = -1.2
     p_std: float = 1.2
     p_uncond: float = 0.1
+    p_uncond_bpm: float = 0.1  # extra, independent tempo dropout (captions without a BPM)
 
 
 class NoiseConfig(_Section):
@@ -154,6 +155,11 @@ class TrainConfig(_Section):
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for key in ("eval_batch", "cpus_per_worker", "nan_patience"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if not self.eval_sigmas or min(self.eval_sigmas) <= 0:
+            raise ValueError(f"eval_sigmas must be a non-empty list of positive noise levels, got {self.eval_sigmas}")
         return self
 
 

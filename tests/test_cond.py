@@ -137,3 +137,16 @@ def test_validate_accepts_good_and_names_each_problem():
         Cond(cond.tokens, cond.mask, cond.bpm[:2]).validate(4, 8)
     with pytest.raises(ValueError, match="Cond.bpm must be a float"):
         Cond(cond.tokens, cond.mask, cond.bpm.long()).validate(4, 8)
+
+
+def test_drop_bpm_is_independent_of_text_and_rate_matches():
+    from presto_ray.models.cond import Cond
+
+    n = 4000
+    cond = Cond(tokens=torch.ones(n, 3, 4), mask=torch.ones(n, 3, dtype=torch.bool), bpm=torch.full((n,), 120.0))
+    out = cond.drop_bpm(0.3, torch.Generator().manual_seed(0))
+    rate = torch.isnan(out.bpm).float().mean().item()
+    assert abs(rate - 0.3) < 0.03
+    assert out.mask.all() and torch.equal(out.tokens, cond.tokens)  # text untouched
+    assert cond.drop_bpm(0.0).bpm.eq(120.0).all()
+    assert Cond(tokens=cond.tokens, mask=cond.mask).drop_bpm(0.5).bpm is None

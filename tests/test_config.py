@@ -27,6 +27,10 @@ def test_overrides_are_typed_and_nested():
     ("train.lr=fast", "train.lr"),
     ("train.zero_stage=5", "train.zero_stage"),
     ("model.patch=3", "model"),
+    ("train.eval_sigmas=[]", "train"),
+    ("train.eval_sigmas=[0.5,0]", "train"),
+    ("train.eval_batch=0", "train"),
+    ("train.cpus_per_worker=0", "train"),
 ])
 def test_bad_keys_and_values_are_named(override, key):
     with pytest.raises(ConfigError) as info:

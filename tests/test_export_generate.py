@@ -66,8 +66,9 @@ def test_incomplete_newest_step_is_skipped_and_corruption_refused(tmp_path, cfg)
     blob = bytearray(weights.read_bytes())
     blob[-5] ^= 0xFF
     weights.write_bytes(bytes(blob))
+    assert load_export(run).step == 10  # a run folder falls back to the newest intact checkpoint
     with pytest.raises(ExportError, match="teacher.safetensors: checksum"):
-        load_export(run).state_dict("teacher")
+        load_export(run / "step_00000020").state_dict("teacher")
     with pytest.raises(ExportError, match="no role 'generator'"):
         load_export(run / "step_00000010").state_dict("generator")
     with pytest.raises(ExportError, match="no export.json"):
@@ -132,6 +133,10 @@ def test_cli_help_pending_and_errors(tmp_path):
     assert res.returncode == 2 and "not implemented yet" in res.stderr and "#4" in res.stderr
     res = _cli("train-teacher", "--config", "tiny", "model.depht=3")
     assert res.returncode == 2 and "unknown config key 'model.depht'" in res.stderr
+    res = _cli("train-teacher", "--run-name", "x", "train.lr=fast")  # overrides after options too
+    assert res.returncode == 2 and "config key 'train.lr'" in res.stderr
+    res = _cli("generate", "--checkpoint", "x", "--bogus")
+    assert res.returncode == 2 and "unrecognized arguments: --bogus" in res.stderr
     res = _cli("generate", "--checkpoint", str(tmp_path / "missing"), "--prompt", "x")
     assert res.returncode == 2 and str(tmp_path / "missing") in res.stderr
     bad = tmp_path / "bad.jsonl"

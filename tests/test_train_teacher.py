@@ -78,13 +78,16 @@ def test_zero3_smoke_export_and_generate(tiny_config, tone_data, tmp_path):
     from presto_ray.generate import MusicGenerator, Prompt
 
     ds, stats = tone_data
+    # EMA off: the export then gathers ZeRO-3 shards from every rank (a collective)
     cfg = _cfg(tiny_config, tmp_path, "z3", **{"train.num_workers": 2, "train.zero_stage": 3, "train.steps": 10,
-                                              "train.eval_every": 10, "train.checkpoint_every": 10})
+                                              "train.eval_every": 10, "train.checkpoint_every": 10,
+                                              "train.ema_decay": 0.0})
     result = train_teacher(cfg, dataset=ds, stats=stats)
     assert math.isfinite(result.metrics["loss"]) and math.isfinite(result.metrics["eval_loss"])
     step = tmp_path / "z3" / "step_00000010"
     ds_files = {p.name for p in (step / "teacher" / "ds").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= ds_files
+    assert not (step / "ema").exists()
 
     gen = MusicGenerator(str(tmp_path / "z3"))  # the run folder resolves to its newest checkpoint
     assert gen.export.step == 10
@@ -139,3 +142,12 @@ def test_run_storage_in_s3_trains_generates_and_exports(tiny_config, tone_data, 
     copy_export("s3://presto/runs/s3run/step_00000006", "s3://presto/models/teacher")
     copy_export("s3://presto/models/teacher", str(tmp_path / "local-copy"))
     assert load_export(tmp_path / "local-copy").step == 6
+
+
+def test_dataset_smaller_than_one_batch_per_worker_is_refused(tiny_config, tone_data, tmp_path):
+    import ray.data
+
+    ds, stats = tone_data
+    cfg = _cfg(tiny_config, tmp_path, "small-ds", **{"train.num_workers": 2, "train.batch_size": 8})
+    with pytest.raises(ValueError, match="has 12 rows, fewer than train.batch_size x train.num_workers = 16"):
+        train_teacher(cfg, dataset=ray.data.from_items(ds.take(12)), stats=stats)

@@ -64,6 +64,18 @@ class Cond:
         u = torch.rand(len(self), generator=generator, device=device)
         return self.null_where(u < p)
 
+    def drop_bpm(self, p: float, generator: torch.Generator | None = None) -> Cond:
+        """Tempo dropout: each sample's bpm independently becomes unknown (NaN) with probability
+        ``p``, so the model also learns captions without a tempo. No-op when bpm is None."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"drop probability must be in [0, 1], got {p}")
+        if self.bpm is None or p == 0.0:
+            return self
+        device = generator.device if generator is not None else self.tokens.device
+        dropped = (torch.rand(len(self), generator=generator, device=device) < p).to(self.bpm.device)
+        bpm = torch.where(dropped, torch.full_like(self.bpm, math.nan), self.bpm)
+        return Cond(tokens=self.tokens, mask=self.mask, bpm=bpm)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cond:
         """Move to ``device``; ``dtype`` (a float type) applies to tokens and bpm only, never the mask."""
         kwargs = {}

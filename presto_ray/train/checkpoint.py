@@ -38,6 +38,7 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
+    batch_in_epoch: int = 0
     skipped: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -70,7 +71,8 @@ def save_and_report(metrics: dict, roles: list[RoleEngine], state: TrainState, c
         if rank == 0:
             write_rank0(folder)
             meta = {
-                "step": state.step, "epoch": state.epoch, "skipped_nonfinite": state.skipped,
+                "step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                "skipped_nonfinite": state.skipped,
                 "world_size": world_size, "zero_stage": {r.name: r.zero_stage for r in roles},
                 "roles": [r.name for r in roles], "code_version": __version__, "saved_at": time.time(),
                 "config": cfg.model_dump(mode="json"), **state.extra,
@@ -101,4 +103,5 @@ def restore(roles: list[RoleEngine], *, rank: int, world_size: int, generator: t
             _set_rng_state(load_file(str(rng_file)), generator)
         if read_extra is not None:
             read_extra(folder)
-    return TrainState(step=meta["step"], epoch=meta["epoch"], skipped=meta["skipped_nonfinite"])
+    return TrainState(step=meta["step"], epoch=meta["epoch"], batch_in_epoch=meta["batch_in_epoch"],
+                      skipped=meta["skipped_nonfinite"])

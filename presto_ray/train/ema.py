@@ -1,4 +1,7 @@
-"""Exponential moving average of a role's weights (kept in fp32, whole on every rank)."""
+"""Exponential moving average of a role's weights, kept in fp32 and whole on every rank.
+
+It averages DeepSpeed's fp32 master weights (not the bf16 module copy, which cannot resolve small
+updates). Under ZeRO-3 this gathers the full model each update; a sharded EMA is future work."""
 
 from __future__ import annotations
 
@@ -12,14 +15,13 @@ class EMA:
 
     def __init__(self, role: RoleEngine, decay: float):
         self.decay = decay
-        with role.gathered():
-            self.shadow = {n: p.detach().float().clone() for n, p in role.module.named_parameters()}
+        self.shadow = {n: t.clone() for n, t in role.full_fp32_params()}
 
     @torch.no_grad()
     def update(self, role: RoleEngine) -> None:
-        with role.gathered():
-            for name, p in role.module.named_parameters():
-                self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+        """Collective under ZeRO: call on every rank."""
+        for name, t in role.full_fp32_params():
+            self.shadow[name].lerp_(t, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: t.detach().cpu().contiguous() for n, t in self.shadow.items()}

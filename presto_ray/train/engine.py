@@ -72,6 +72,19 @@ class RoleEngine:
     def zero_stage(self) -> int:
         return self.engine.zero_optimization_stage()
 
+    def full_fp32_params(self):
+        """Yield (name, fp32 tensor) for every parameter: DeepSpeed's fp32 master copy when there is
+        one (ZeRO 1-3, bf16), else the parameter itself. Collective: call on every rank."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        for name, p in self.module.named_parameters():
+            master = safe_get_full_fp32_param(p)
+            yield name, (master if master is not None else p).detach().float()
+
+    def full_fp32_state(self) -> dict[str, torch.Tensor]:
+        """{name: fp32 CPU tensor} of the whole model (see :meth:`full_fp32_params`)."""
+        return {name: t.cpu().contiguous() for name, t in self.full_fp32_params()}
+
     def gathered(self):
         """Context in which every parameter of the module is whole on every rank (ZeRO-3 gathers)."""
         if self.zero_stage == 3:
@@ -134,8 +147,7 @@ def weights_digest(role: RoleEngine) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with role.gathered():
-        for name, p in sorted(role.module.named_parameters()):
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    for name, t in sorted(role.full_fp32_state().items()):
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
     return h.hexdigest()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from presto_ray import __version__
 from presto_ray.config import PrestoConfig, config_from_dict, save_config
 from presto_ray.data.stats import LatentStats
+
+log = logging.getLogger("presto_ray.export")
 
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -89,9 +92,19 @@ def find_export(folder: Path) -> Path:
     if folder.is_dir():
         steps = sorted((p for p in folder.iterdir() if STEP_DIR.match(p.name)), reverse=True)
         for step in steps:
-            if (step / "export" / "export.json").is_file():
+            if _complete(step / "export"):
                 return step / "export"
-    raise ExportError(f"{folder}: no export.json here, in export/, or in any step_XXXXXXXX/export/")
+            log.warning("%s is incomplete (missing files or checksum mismatch); trying an older one", step)
+    raise ExportError(f"{folder}: no export.json here, in export/, or in any complete step_XXXXXXXX/export/")
+
+
+def _complete(folder: Path) -> bool:
+    """export.json present and every file it lists has its recorded sha256."""
+    try:
+        meta = json.loads((folder / "export.json").read_text())
+        return all(_sha256(folder / e["file"]) == e["sha256"] for e in meta["roles"].values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def load_export(folder: Path) -> Exported:

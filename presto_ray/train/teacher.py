@@ -60,8 +60,14 @@ def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
 def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats) -> TorchTrainer:
     check_dataset(dataset, cfg)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else choose_runtime().is_cuda
+    rows, need = dataset.count(), cfg.train.batch_size * cfg.train.num_workers
+    if rows < need:
+        raise ValueError(f"the training dataset has {rows} rows, fewer than train.batch_size x train.num_workers "
+                         f"= {need}: no worker would get a full batch")
     eval_rows = dataset.take(cfg.train.eval_batch)
-    run_uri = storage.join(cfg.run.storage_path, cfg.run.name)
+    # Ray Train changes each worker's working directory: hand workers an absolute location
+    base = cfg.run.storage_path if storage.is_remote(cfg.run.storage_path) else str(storage.local_path(cfg.run.storage_path))
+    run_uri = storage.join(base, cfg.run.name)
     fs, storage_path = storage.resolve(cfg.run.storage_path)
     fs.create_dir(storage.resolve(run_uri)[1], recursive=True)
     storage.write_text(storage.join(run_uri, "config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -80,14 +80,10 @@ def teacher_worker(loop_config: dict) -> None:
     book = Logbook(cfg, loop_config["run_uri"]) if rank == 0 else None
     progress = Progress(cfg.train.steps, state.step)
 
-    def write_rank0(folder: Path) -> None:
-        weights = ema.state_dict() if ema is not None else None
+    def write_rank0(folder: Path, weights: dict[str, torch.Tensor]) -> None:
         if ema is not None:
             (folder / "ema").mkdir()
             save_file(weights, str(folder / "ema" / "teacher.safetensors"))
-        else:
-            with role.gathered():
-                weights = {k: v.detach().float().cpu() for k, v in role.module.state_dict().items()}
         write_export(folder / "export", {"teacher": weights}, cfg, stats, state.step)
         if book is not None:
             book.flush()
@@ -101,16 +97,23 @@ def teacher_worker(loop_config: dict) -> None:
             local_shuffle_seed=cfg.train.seed + 7919 * state.epoch + rank,
         )
         t_wait = time.perf_counter()
+        seen = 0
         for batch in batches:
+            seen += 1
+            if seen <= state.batch_in_epoch:  # resumed mid-epoch: skip what was trained on
+                t_wait = time.perf_counter()
+                continue
+            state.batch_in_epoch = seen
             data_wait += time.perf_counter() - t_wait
             x0, cond = batch_to_inputs(batch, stats, runtime.device)
-            cond = cond.drop(cfg.edm.p_uncond, generator=generator)
+            cond = cond.drop(cfg.edm.p_uncond, generator=generator).drop_bpm(cfg.edm.p_uncond_bpm, generator)
             with runtime.autocast():
                 loss, _ = loss_fn(role.engine, x0, cond, generator=generator)
             loss = loss.float().mean()
             if not guard.allows(loss, state.step):
                 log.warning("rank %d: non-finite loss at step %d, update skipped (%d skipped so far)",
                             rank, state.step, guard.skipped)
+                t_wait = time.perf_counter()
                 continue
             role.engine.backward(loss)
             role.engine.step()
@@ -139,14 +142,20 @@ def teacher_worker(loop_config: dict) -> None:
             # report at checkpoints and evaluations only; logs and TensorBoard carry the rest.
             metrics.setdefault("step", state.step)
             if state.step % cfg.train.checkpoint_every == 0 or last:
+                # collectives first, on every rank; rank 0 then writes the files
                 state.extra["weights_sha256"] = weights_digest(role)
-                save_and_report(metrics, [role], state, cfg, rank=rank, world_size=world,
-                                generator=generator, write_rank0=write_rank0)
+                weights = ema.state_dict() if ema is not None else role.full_fp32_state()
+                save_and_report(metrics, [role], state, cfg, rank=rank, world_size=world, generator=generator,
+                                write_rank0=lambda folder: write_rank0(folder, weights))
             elif "eval_loss" in metrics:
                 ray.train.report(metrics)
             if last:
                 break
             t_wait = time.perf_counter()
+        if seen == 0:
+            raise RuntimeError(f"rank {rank}: an epoch yielded no batch of {cfg.train.batch_size} rows; "
+                               "the dataset is smaller than train.batch_size x train.num_workers")
         state.epoch += 1
+        state.batch_in_epoch = 0
     if book is not None:
         book.close()
