@@ -20,6 +20,14 @@ from presto_ray.train.teacher import train_teacher
 
 log = logging.getLogger("presto_ray.quickstart")
 
+
+def _finished_step(run_dir: Path) -> int:
+    """Step of the newest complete checkpoint of a run (0 when there is none)."""
+    try:
+        return json.loads((find_export(run_dir) / "export.json").read_text())["step"]
+    except ExportError:
+        return 0
+
 PROMPTS = [
     Prompt("a bright sawtooth melody in the high register at 140 BPM", bpm=140, seed=0),
     Prompt("a pure sine melody in the low register at 70 BPM", bpm=70, seed=1),
@@ -34,7 +42,8 @@ def quickstart(cfg: PrestoConfig, out: Path, address: str | None = None) -> dict
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    result = train_teacher(cfg, address=address)  # resumes, or returns at once when finished
+    if _finished_step(run_dir) < cfg.train.steps:
+        train_teacher(cfg, address=address)  # resumes from the newest checkpoint if there is one
     times["train_teacher_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -43,13 +52,10 @@ def quickstart(cfg: PrestoConfig, out: Path, address: str | None = None) -> dict
         generate_files(str(run_dir), PROMPTS, audio, progress=False)
     times["generate_s"] = time.perf_counter() - t0
 
-    try:
-        export = find_export(run_dir)
-    except ExportError:
-        export = None
-    metrics = result.metrics or {}
+    export = find_export(run_dir)
+    metrics = json.loads((export.parent / "meta.json").read_text()).get("metrics", {})
     summary = {
-        "teacher_checkpoint": str(export.parent) if export else None,
+        "teacher_checkpoint": str(export.parent),
         "final_loss": metrics.get("loss"), "final_eval_loss": metrics.get("eval_loss"),
         "audio": sorted(str(p) for p in audio.glob("*.wav")), "stage_seconds": times,
     }

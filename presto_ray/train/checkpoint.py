@@ -75,7 +75,7 @@ def save_and_report(metrics: dict, roles: list[RoleEngine], state: TrainState, c
                 "skipped_nonfinite": state.skipped,
                 "world_size": world_size, "zero_stage": {r.name: r.zero_stage for r in roles},
                 "roles": [r.name for r in roles], "code_version": __version__, "saved_at": time.time(),
-                "config": cfg.model_dump(mode="json"), **state.extra,
+                "metrics": metrics, "config": cfg.model_dump(mode="json"), **state.extra,
             }
             (folder / "meta.json").write_text(json.dumps(meta, indent=2))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
