@@ -7,11 +7,17 @@ the loopback test server) comes from ``PRESTO_S3_ENDPOINT`` or ``AWS_ENDPOINT_UR
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+T = TypeVar("T")
 
 
 def is_remote(uri: str) -> bool:
@@ -82,3 +88,65 @@ def write_text(uri: str, text: str) -> None:
     fs, path = resolve(uri)
     with fs.open_output_stream(path) as f:
         f.write(text.encode())
+
+
+# --- retries for object-storage calls -------------------------------------------------------------
+
+log = logging.getLogger("presto_ray.data")
+
+# Substrings of pyarrow/AWS SDK error messages. Permanent ones are checked first: a 403 or a missing
+# bucket does not heal by waiting, so it fails at once; throttling, 5xx and dropped connections do.
+_PERMANENT = ("ACCESS_DENIED", "AccessDenied", "NO_SUCH_BUCKET", "NoSuchBucket", "INVALID_ACCESS_KEY_ID",
+              "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "HTTP status 403",
+              "HTTP status 404", "HTTP status 400")
+_TRANSIENT = ("NETWORK_CONNECTION", "Connection reset", "connection reset", "Broken pipe", "curlCode",
+              "SLOW_DOWN", "SlowDown", "THROTTLING", "Throttling", "REQUEST_LIMIT_EXCEEDED", "SERVICE_UNAVAILABLE",
+              "ServiceUnavailable", "INTERNAL_FAILURE", "InternalError", "REQUEST_TIMEOUT", "RequestTimeout",
+              "HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP status 504", "timed out")
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True for errors worth retrying: dropped connections, timeouts, throttling, HTTP 5xx. Missing
+    files, access denied (403) and missing buckets are permanent."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    text = str(exc)
+    if any(s in text for s in _PERMANENT):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and any(s in text for s in _TRANSIENT)
+
+
+def redact(text: str) -> str:
+    """``text`` with any secret from the environment's AWS credentials masked."""
+    for key in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        secret = os.environ.get(key)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def with_retries(fn: Callable[[], T], uri: str, *, what: str, attempts: int | None = None,
+                 base_delay: float = 0.5, max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call ``fn()``; transient errors (:func:`is_transient_error`) are retried with exponential
+    backoff (base_delay * 2**k, capped at max_delay, with jitter) up to ``attempts`` calls in all
+    (default ``PRESTO_S3_RETRIES`` or 5). A permanent error, or the last transient one, is raised as
+    an ``OSError`` (``FileNotFoundError`` kept as such) whose message names ``what`` and ``uri``;
+    credentials are never part of it."""
+    attempts = attempts or int(os.environ.get("PRESTO_S3_RETRIES", "5"))
+    for k in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            transient = is_transient_error(exc)
+            if transient and k + 1 < attempts:
+                delay = min(max_delay, base_delay * 2 ** k) * (0.5 + random.random() / 2)
+                log.warning("%s '%s' failed (%s); retry %d/%d in %.2fs", what, uri,
+                            redact(str(exc)).splitlines()[0][:200], k + 1, attempts - 1, delay)
+                sleep(delay)
+                continue
+            kind = FileNotFoundError if isinstance(exc, FileNotFoundError) else OSError
+            note = f" after {attempts} attempts" if transient else ""
+            raise kind(f"{what} '{uri}' failed{note}: {redact(str(exc))}") from exc
+    raise AssertionError("unreachable")
