@@ -36,13 +36,14 @@ class Codec(abc.ABC):
     """A waveform <-> latent codec.
 
     Attributes: ``sample_rate`` (Hz), ``channels`` (latent channels C), ``frame_rate`` (latent
-    frames per second). Codecs are frozen: encode/decode run without gradients, on the device of
-    their input.
+    frames per second), ``hop_length`` (samples per latent frame). Codecs are frozen: encode/decode
+    run without gradients, on the device of their input.
     """
 
     sample_rate: int
     channels: int
     frame_rate: float
+    hop_length: int
 
     @abc.abstractmethod
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
@@ -52,13 +53,13 @@ class Codec(abc.ABC):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """latent: [B, C, T] -> wav [B, samples_for(T)] float32."""
 
-    @abc.abstractmethod
     def frames_for(self, num_samples: int) -> int:
-        """Number of latent frames T that ``encode`` gives for ``num_samples`` samples."""
+        """Number of latent frames T that ``encode`` gives for ``num_samples`` samples: n // hop."""
+        return int(num_samples) // self.hop_length
 
-    @abc.abstractmethod
     def samples_for(self, num_frames: int) -> int:
-        """Number of samples that ``decode`` gives for ``num_frames`` latent frames."""
+        """Number of samples that ``decode`` gives for ``num_frames`` latent frames: T * hop."""
+        return int(num_frames) * self.hop_length
 
     @abc.abstractmethod
     def identity(self) -> dict:
@@ -154,14 +155,6 @@ class MelCodec(Codec):
             cfg.n_fft // 2 + 1, cfg.n_mels, cfg.sample_rate, cfg.f_min, self.f_max, driver="gelsd"
         )
         self._window = torch.hann_window(cfg.n_fft)
-
-    def frames_for(self, num_samples: int) -> int:
-        """T = num_samples // hop_length."""
-        return int(num_samples) // self.hop_length
-
-    def samples_for(self, num_frames: int) -> int:
-        """n = num_frames * hop_length."""
-        return int(num_frames) * self.hop_length
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
@@ -263,14 +256,6 @@ class VAECodec(Codec):
                 raise ValueError(f"{module_file}: the TorchScript module has no '{method}' method "
                                  "(mark it with @torch.jit.export)")
         self._sha256: str | None = None
-
-    def frames_for(self, num_samples: int) -> int:
-        """T = num_samples // hop_length."""
-        return int(num_samples) // self.hop_length
-
-    def samples_for(self, num_frames: int) -> int:
-        """n = num_frames * hop_length."""
-        return int(num_frames) * self.hop_length
 
     @torch.no_grad()
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
