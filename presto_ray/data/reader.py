@@ -1,0 +1,154 @@
+"""The training reader: latent shards -> a Ray Dataset of fixed-shape arrays.
+
+``ray.data.read_parquet`` reads exactly the files listed in ``manifest.json`` (never whatever else
+lies in the folder), through the pyarrow filesystem of :func:`presto_ray.data.storage.resolve`, so
+local folders and ``s3://`` (endpoint override included) work alike. The file order is a
+permutation drawn from (seed, epoch); the per-row shuffle is left to the consumer's local shuffle
+buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``).
+
+Bad rows (NaN/Inf in ``latent`` or ``text_states``) either stop the read with the file and row id
+named (``on_bad_rows="raise"``), or are dropped (``"skip"``): each dropped row is logged on the
+worker and counted in a :class:`BadRowCounter` (a small Ray actor) the caller may pass in, since the
+filtering runs in Ray tasks and a plain Python counter there would not reach the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Literal, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+import ray.data
+
+from presto_ray.data import storage
+from presto_ray.data.batch import TRAIN_COLUMNS
+from presto_ray.data.shards import CORE_COLUMNS, Manifest, read_manifest
+
+log = logging.getLogger("presto_ray.data")
+
+PATH_COLUMN = "path"  # added by read_parquet(include_paths=True)
+
+
+@ray.remote(num_cpus=0)
+class _Tally:
+    def __init__(self) -> None:
+        self.by_file: dict[str, int] = {}
+
+    def add(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            self.by_file[name] = self.by_file.get(name, 0) + n
+
+    def get(self) -> dict[str, int]:
+        return dict(self.by_file)
+
+
+class BadRowCounter:
+    """Counts rows dropped by ``on_bad_rows="skip"``, per shard file, across Ray tasks."""
+
+    def __init__(self) -> None:
+        self._actor = _Tally.remote()
+
+    def add(self, counts: dict[str, int]) -> None:
+        ray.get(self._actor.add.remote(counts))
+
+    def by_file(self) -> dict[str, int]:
+        """{shard file name: rows dropped}."""
+        return ray.get(self._actor.get.remote())
+
+    def count(self) -> int:
+        """Rows dropped so far."""
+        return sum(self.by_file().values())
+
+
+def shuffled_files(names: Sequence[str], seed: int, epoch: int) -> list[str]:
+    """``names`` in an order fixed by (seed, epoch): the same pair always gives the same order."""
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(names))
+    return [names[i] for i in order]
+
+
+def _fixed_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
+    """A fixed-size-list column of N rows -> numpy [N, *shape]."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape((len(arr), *shape))
+
+
+def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], columns: list[str], on_bad_rows: str,
+                  counter: BadRowCounter | None) -> dict[str, np.ndarray]:
+    """Arrow batch of shard columns -> numpy columns: latent [B, C, T] float16, text_states
+    [B, L, Dt] float16, text_mask [B, L] bool, bpm [B] float32 ...; bad rows raise or are dropped."""
+    out = {}
+    for col in columns:
+        if col in shapes:
+            out[col] = _fixed_to_numpy(batch.column(col), shapes[col])
+        else:
+            out[col] = batch.column(col).to_numpy(zero_copy_only=False)
+    n = batch.num_rows
+    bad = np.zeros(n, dtype=bool)
+    for col in ("latent", "text_states"):
+        if col in out:
+            bad |= ~np.isfinite(out[col].reshape(n, -1)).all(axis=1)
+    if not bad.any():
+        return out
+    files = [p.rsplit("/", 1)[-1] for p in batch.column(PATH_COLUMN).to_pylist()]
+    ids = batch.column("id").to_pylist()
+    if on_bad_rows == "raise":
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"shard file {files[i]}: row id '{ids[i]}' has NaN/Inf in latent or text_states "
+                         "(on_bad_rows='raise'; use 'skip' to drop such rows)")
+    counts: dict[str, int] = {}
+    for i in np.flatnonzero(bad):
+        counts[files[i]] = counts.get(files[i], 0) + 1
+        log.warning("skipping row id '%s' of %s: NaN/Inf in latent or text_states", ids[i], files[i])
+    if counter is not None:
+        counter.add(counts)
+    return {k: v[~bad] for k, v in out.items()}
+
+
+def check_files(uri: str, manifest: Manifest) -> None:
+    """Every file of the manifest exists with its recorded size; errors name the file (one listing)."""
+    fs, base = storage.resolve(uri)
+    paths = [f"{base}/{f.name}" for f in manifest.files]
+    infos = storage.with_retries(lambda: fs.get_file_info(paths), uri, what="listing")
+    for entry, info in zip(manifest.files, infos):
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"shard file {entry.name} listed in {uri}/manifest.json is missing")
+        if info.size != entry.bytes:
+            raise ValueError(f"shard file {entry.name} in {uri} has {info.size} bytes, the manifest says {entry.bytes}")
+
+
+def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] = TRAIN_COLUMNS,
+                     on_bad_rows: Literal["raise", "skip"] = "raise", bad_rows: BadRowCounter | None = None,
+                     preserve_order: bool = False) -> tuple[ray.data.Dataset, "Manifest"]:
+    """(Dataset, Manifest) of the shards at ``uri`` with only ``columns``: latent [C, T] float16,
+    text_states [L, Dt] float16, text_mask [L] bool, bpm float32 (and any other shard column asked
+    for), so ``iter_torch_batches`` yields latent [B, C, T], text_states [B, L, Dt], text_mask [B, L].
+
+    Files are read in :func:`shuffled_files` order for (seed, epoch); ``preserve_order`` keeps that
+    order in the output (otherwise blocks come as tasks finish). Missing files or size mismatches
+    fail here, naming the file. Bad rows: see the module docstring; ``bad_rows`` counts the skips.
+    Check the manifest against the model with ``validate.check_against_model`` before training."""
+    if on_bad_rows not in ("raise", "skip"):
+        raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}")
+    columns = list(columns)
+    manifest = read_manifest(uri)
+    known = set(CORE_COLUMNS) | set(manifest.metadata_columns)
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the shards at {uri} (they hold {sorted(known)})")
+    check_files(uri, manifest)
+    fs, base = storage.resolve(uri)
+    order = shuffled_files([f.name for f in manifest.files], seed, epoch)
+    read_columns = list(dict.fromkeys([*columns, "id"]))
+    ds = ray.data.read_parquet([f"{base}/{name}" for name in order], filesystem=fs, columns=read_columns,
+                               include_paths=True, file_extensions=None)
+    if preserve_order:
+        ds.context.execution_options.preserve_order = True
+    shapes = {"latent": tuple(manifest.latent_shape), "text_states": tuple(manifest.text_shape),
+              "text_mask": (manifest.text_shape[0],)}
+    decode = functools.partial(_decode_batch, shapes=shapes, columns=columns, on_bad_rows=on_bad_rows,
+                               counter=bad_rows)
+    return ds.map_batches(decode, batch_format="pyarrow", zero_copy_batch=True), manifest

@@ -1,0 +1,527 @@
+"""Latent shards: the Parquet schema, the shard writer and ``manifest.json`` (DESIGN.md, "Contracts").
+
+Layout of a shard folder (local path, ``file://`` or ``s3://`` URI)::
+
+    part-00000.parquet ...        the shards, each holding up to rows_per_shard rows
+    _parts/part-00000.parquet.json one sidecar per finished shard: rows, bytes, sha256, row ids,
+                                   per-channel latent sum / sum of squares, writer identity
+    manifest.json                  written LAST by ShardWriter.close(); its presence means "complete"
+
+Columns. Fixed shapes are stored as Arrow ``fixed_size_list`` columns of the flattened row-major
+array (plain Parquet that every reader understands; the shape lives in the manifest and in each
+field's metadata, and the reader reshapes): ``latent`` float16 [C*T] (= [C, T]), ``text_states``
+float16 [L*Dt] (= [L, Dt]), ``text_mask`` bool [L]; ``id`` and ``caption`` strings; ``bpm``,
+``seconds_start``, ``seconds_total`` float32; optional string metadata columns (``split``,
+``piece_id``, ``source`` ...) named when the writer is made.
+
+Atomicity. A shard is serialised in memory and written whole: locally to a hidden temporary name
+in the same folder, fsync'ed and renamed; on S3 uploaded under ``_staging/``, its size checked, then
+server-side copied (CopyObject is all-or-nothing) to its final key. A half-written object therefore
+never appears under a ``part-*.parquet`` name. Sidecars and the manifest are written the same way.
+
+Resumability. A shard counts as finished when its sidecar exists and the shard file has the
+recorded size (and, with ``verify``, sha256); see :func:`completed_files`. A new
+:class:`ShardWriter` on the same URI refuses a folder whose finished shards were written with a
+different identity (schema version, codec, text encoder, shapes, metadata columns), removes
+``manifest.json`` (the set is about to change), keeps finished shards, deletes its own unfinished
+leftovers (shards without a valid sidecar, temporaries, staged uploads) and writes new rows under
+unused part numbers. ``writer.completed_ids`` tells the caller which row
+ids are already stored so that it can skip that work; adding one of them again is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from presto_ray.data import storage
+from presto_ray.data.stats import LatentStats
+
+log = logging.getLogger("presto_ray.data")
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PARTS_DIR = "_parts"
+STAGING_DIR = "_staging"
+CORE_COLUMNS = ("id", "latent", "caption", "text_states", "text_mask", "bpm", "seconds_start", "seconds_total")
+
+
+def shard_schema(latent_shape: Sequence[int], text_shape: Sequence[int],
+                 metadata_columns: Sequence[str] = ()) -> pa.Schema:
+    """The Arrow schema of a shard: latent [C, T] and text_states [L, Dt] as float16 fixed-size
+    lists of C*T and L*Dt values, text_mask [L] as a bool fixed-size list, metadata as strings."""
+    (c, t), (length, dt) = latent_shape, text_shape
+
+    def fixed(name: str, value_type: pa.DataType, shape: Sequence[int]) -> pa.Field:
+        return pa.field(name, pa.list_(value_type, int(np.prod(shape))), nullable=False,
+                        metadata={"shape": json.dumps([int(s) for s in shape])})
+
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        fixed("latent", pa.float16(), (c, t)),
+        pa.field("caption", pa.string(), nullable=False),
+        fixed("text_states", pa.float16(), (length, dt)),
+        fixed("text_mask", pa.bool_(), (length,)),
+        pa.field("bpm", pa.float32(), nullable=False),
+        pa.field("seconds_start", pa.float32(), nullable=False),
+        pa.field("seconds_total", pa.float32(), nullable=False),
+    ] + [pa.field(name, pa.string()) for name in metadata_columns]
+    return pa.schema(fields, metadata={"presto_ray.schema_version": str(SCHEMA_VERSION)})
+
+
+@dataclass
+class ShardFile:
+    """One shard in the manifest: file name (relative to the folder), rows, size and sha256."""
+
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: latent_shape [C, T], text_shape [L, Dt], latent_mean / latent_std [C]
+    (raw codec latents, over every value of the data, std with n - 1), files in name order."""
+
+    schema_version: int
+    codec: dict
+    text_encoder: dict
+    latent_shape: list[int]
+    text_shape: list[int]
+    latent_mean: list[float]
+    latent_std: list[float]
+    num_rows: int
+    files: list[ShardFile]
+    metadata_columns: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON text (the content of ``manifest.json``)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        """Parse; a missing or ill-typed key is a ValueError that names it."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"manifest is not valid JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise ValueError("manifest is not a JSON object")
+        want = {"schema_version": int, "codec": dict, "text_encoder": dict, "latent_shape": list,
+                "text_shape": list, "latent_mean": list, "latent_std": list, "num_rows": int, "files": list}
+        for key, typ in want.items():
+            if key not in d:
+                raise ValueError(f"manifest lacks key '{key}'")
+            if not isinstance(d[key], typ):
+                raise ValueError(f"manifest key '{key}' should be {typ.__name__}, got {type(d[key]).__name__}")
+        if d["schema_version"] != SCHEMA_VERSION:
+            raise ValueError(f"manifest key 'schema_version' is {d['schema_version']}, "
+                             f"this code reads {SCHEMA_VERSION}")
+        for key, n in (("latent_shape", 2), ("text_shape", 2)):
+            if len(d[key]) != n or not all(isinstance(v, int) and v > 0 for v in d[key]):
+                raise ValueError(f"manifest key '{key}' should be {n} positive integers, got {d[key]}")
+        channels = d["latent_shape"][0]
+        for key in ("latent_mean", "latent_std"):
+            if len(d[key]) != channels:
+                raise ValueError(f"manifest key '{key}' has {len(d[key])} values, "
+                                 f"latent_shape says {channels} channels")
+        try:
+            files = [ShardFile(name=str(f["name"]), rows=int(f["rows"]), bytes=int(f["bytes"]), sha256=str(f["sha256"]))
+                     for f in d["files"]]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"manifest key 'files' has an entry without {exc}") from None
+        return cls(schema_version=d["schema_version"], codec=d["codec"], text_encoder=d["text_encoder"],
+                   latent_shape=list(d["latent_shape"]), text_shape=list(d["text_shape"]),
+                   latent_mean=[float(v) for v in d["latent_mean"]], latent_std=[float(v) for v in d["latent_std"]],
+                   num_rows=d["num_rows"], files=files, metadata_columns=list(d.get("metadata_columns", [])),
+                   extra=dict(d.get("extra", {})))
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema its shards must have (:func:`shard_schema`)."""
+        return shard_schema(self.latent_shape, self.text_shape, self.metadata_columns)
+
+    def latent_stats(self, sigma_data: float) -> LatentStats:
+        """Per-channel mean/std [C] (std floored at 1e-6, as LatentStats.from_latents does)."""
+        import torch
+
+        return LatentStats(mean=torch.tensor(self.latent_mean, dtype=torch.float32),
+                           std=torch.tensor(self.latent_std, dtype=torch.float32).clamp_min(1e-6),
+                           sigma_data=float(sigma_data))
+
+
+# --- small I/O helpers (retrying, atomic) ---------------------------------------------------------
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object/file at ``uri``; transient S3 errors retried, others name the URI."""
+    fs, path = storage.resolve(uri)
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return storage.with_retries(read, uri, what="reading")
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so that ``uri`` shows either its old state or all of ``data``, never a part:
+    local: temporary name in the same folder + fsync + rename; S3: upload to ``_staging/`` next to
+    it, size check, server-side copy to the final key, delete the staged object."""
+    if not storage.is_remote(uri):
+        path = storage.local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path = storage.resolve(uri)
+    folder, name = path.rsplit("/", 1)
+    staged = f"{folder}/{STAGING_DIR}/{name}.{uuid.uuid4().hex[:12]}"
+
+    def upload() -> None:
+        with fs.open_output_stream(staged) as f:
+            f.write(data)
+        size = fs.get_file_info(staged).size
+        if size != len(data):
+            raise ConnectionError(f"staged upload has {size} bytes, expected {len(data)}")
+
+    storage.with_retries(upload, uri, what="uploading")
+    storage.with_retries(lambda: fs.copy_file(staged, path), uri, what="publishing")
+    try:
+        storage.with_retries(lambda: fs.delete_file(staged), uri, what="removing the staged copy of")
+    except FileNotFoundError:
+        pass
+
+
+def delete_if_present(uri: str) -> None:
+    """Delete the file/object at ``uri`` if it exists (retrying transient errors)."""
+    fs, path = storage.resolve(uri)
+    try:
+        storage.with_retries(lambda: fs.delete_file(path), uri, what="deleting")
+    except FileNotFoundError:
+        pass
+
+
+def read_manifest(uri: str) -> Manifest:
+    """The Manifest of the shard folder ``uri``; FileNotFoundError / ValueError name the URI."""
+    murl = storage.join(uri, MANIFEST_NAME)
+    text = read_bytes(murl).decode("utf-8", errors="replace")
+    try:
+        return Manifest.from_json(text)
+    except ValueError as exc:
+        raise ValueError(f"{murl}: {exc}") from None
+
+
+def _file_infos(uri: str, subdir: str | None = None) -> dict[str, pafs.FileInfo]:
+    fs, path = storage.resolve(storage.join(uri, subdir) if subdir else uri)
+    sel = pafs.FileSelector(path, allow_not_found=True)
+    infos = storage.with_retries(lambda: fs.get_file_info(sel), uri, what="listing")
+    return {i.path.rsplit("/", 1)[-1]: i for i in infos if i.type == pafs.FileType.File}
+
+
+# --- resumability ---------------------------------------------------------------------------------
+
+def _completed_parts(uri: str, identity: dict | None, verify: bool) -> dict[str, dict]:
+    files = _file_infos(uri)
+    parts: dict[str, dict] = {}
+    for side in sorted(_file_infos(uri, PARTS_DIR)):
+        if not side.endswith(".parquet.json"):
+            continue
+        try:
+            info = json.loads(read_bytes(storage.join(uri, PARTS_DIR, side)))
+            name = info["name"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable sidecar %s/%s/%s", uri, PARTS_DIR, side)
+            continue
+        if identity is not None and info.get("identity") != identity:
+            continue
+        if name not in files or files[name].size != info["bytes"]:
+            continue
+        if verify and hashlib.sha256(read_bytes(storage.join(uri, name))).hexdigest() != info["sha256"]:
+            log.warning("shard %s/%s does not match its recorded sha256; it will be rewritten", uri, name)
+            continue
+        parts[name] = info
+    return parts
+
+
+def completed_files(uri: str, *, identity: dict | None = None, verify: bool = True) -> set[str]:
+    """Names of finished shards under ``uri``: a sidecar in ``_parts/`` exists, its writer identity
+    equals ``identity`` (when given), and the shard has the recorded size and (``verify``) sha256.
+    Empty when the folder does not exist."""
+    return set(_completed_parts(uri, identity, verify))
+
+
+# --- the writer -----------------------------------------------------------------------------------
+
+class ShardWriter:
+    """Write rows (id, latent [C, T], caption, text_states [L, Dt], text_mask [L], bpm,
+    seconds_start, seconds_total, metadata columns) as Parquet shards of ``rows_per_shard`` rows,
+    then ``manifest.json`` on :meth:`close`. Bad rows are refused with a ValueError naming the id.
+
+    Several writers may fill one folder at once when each has its own ``prefix``; each then
+    calls ``close(finalize=False)`` and one caller runs :func:`write_manifest` at the end.
+    """
+
+    def __init__(self, uri: str, *, rows_per_shard: int, latent_shape: Sequence[int], text_shape: Sequence[int],
+                 codec_identity: dict, text_identity: dict, metadata_columns: Sequence[str] = (),
+                 prefix: str = "part", verify_existing: bool = True, compression: str = "zstd"):
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        if len(latent_shape) != 2 or len(text_shape) != 2:
+            raise ValueError(f"latent_shape [C, T] and text_shape [L, Dt] expected, got {latent_shape}, {text_shape}")
+        clash = set(metadata_columns) & set(CORE_COLUMNS)
+        if clash:
+            raise ValueError(f"metadata columns {sorted(clash)} clash with the shard columns")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix) or prefix.startswith(("_", ".")):
+            raise ValueError(f"prefix '{prefix}' must be letters, digits, '-', '_' or '.', "
+                             "not starting with '_' or '.'")
+        self.uri = storage.local_path(uri).as_posix() if not storage.is_remote(uri) else str(uri).rstrip("/")
+        self.rows_per_shard = int(rows_per_shard)
+        self.latent_shape = tuple(int(v) for v in latent_shape)
+        self.text_shape = tuple(int(v) for v in text_shape)
+        self.metadata_columns = list(metadata_columns)
+        self.prefix = prefix
+        self.compression = compression
+        self.identity = {"schema_version": SCHEMA_VERSION, "codec": dict(codec_identity),
+                         "text_encoder": dict(text_identity), "latent_shape": list(self.latent_shape),
+                         "text_shape": list(self.text_shape), "metadata_columns": self.metadata_columns}
+        # JSON-normalised (tuples -> lists) so it compares equal to what sidecars hold; not
+        # serialisable fails here rather than after the work
+        self.identity = json.loads(json.dumps(self.identity))
+        self.schema = shard_schema(self.latent_shape, self.text_shape, self.metadata_columns)
+
+        if storage.is_remote(self.uri):  # a missing bucket fails now, not after the first shard's work
+            fs, path = storage.resolve(self.uri)
+            bucket = path.split("/", 1)[0]
+            info = storage.with_retries(lambda: fs.get_file_info(bucket), self.uri, what="checking the bucket of")
+            if info.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"bucket '{bucket}' of {self.uri} does not exist")
+        self._parts = _completed_parts(self.uri, None, verify_existing)
+        for name, info in self._parts.items():
+            if info.get("identity") != self.identity:
+                keys = sorted(k for k in self.identity if (info.get("identity") or {}).get(k) != self.identity[k])
+                raise ValueError(f"{self.uri} already holds {name} written with different {keys}; "
+                                 "write to a new folder or delete the old shards")
+        delete_if_present(storage.join(self.uri, MANIFEST_NAME))  # the file set is about to change
+        self._id_file = {rid: name for name, info in self._parts.items() for rid in info["ids"]}
+        self._remove_leftovers()
+        if self._parts:
+            log.info("resuming shards in %s: %d finished files, %d rows kept", self.uri, len(self._parts),
+                     len(self._id_file))
+        self._buffer: list[dict] = []
+        self._buffer_ids: set[str] = set()
+        self._next_index = 0
+        self._closed = False
+
+    # which work is already done
+    @property
+    def completed(self) -> set[str]:
+        """Names of finished shard files (kept from earlier runs or written by this writer)."""
+        return set(self._parts)
+
+    @property
+    def completed_ids(self) -> set[str]:
+        """Row ids stored in finished shard files."""
+        return set(self._id_file)
+
+    def _own(self, name: str) -> bool:
+        return re.fullmatch(rf"{re.escape(self.prefix)}-\d{{5}}\.parquet", name) is not None
+
+    def _remove_leftovers(self) -> None:
+        """Delete this prefix's shards that are not finished, and stale temporaries / staged uploads."""
+        for name in _file_infos(self.uri):
+            tmp = name.startswith(f".{self.prefix}-") and ".tmp-" in name
+            if tmp or (self._own(name) and name not in self._parts):
+                log.info("removing unfinished %s/%s", self.uri, name)
+                delete_if_present(storage.join(self.uri, name))
+        for name in _file_infos(self.uri, PARTS_DIR):
+            tmp = name.startswith(f".{self.prefix}-") and ".tmp-" in name
+            if tmp or (self._own(name.removesuffix(".json")) and name.removesuffix(".json") not in self._parts):
+                delete_if_present(storage.join(self.uri, PARTS_DIR, name))
+        for staging in (STAGING_DIR, f"{PARTS_DIR}/{STAGING_DIR}"):
+            for name in _file_infos(self.uri, staging):
+                if name.startswith(f"{self.prefix}-"):
+                    delete_if_present(storage.join(self.uri, staging, name))
+
+    # rows in
+    def check_row(self, row: dict) -> dict:
+        """Normalised copy of ``row`` (latent [C, T] float16, text_states [L, Dt] float16,
+        text_mask [L] bool, floats as float32); ValueError naming the row id if anything is off."""
+        rid = row.get("id")
+        if not isinstance(rid, str) or not rid:
+            raise ValueError(f"a row has no usable 'id' (got {rid!r})")
+        missing = [c for c in CORE_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"row '{rid}': missing columns {missing}")
+        out = {"id": rid}
+        for col, shape in (("latent", self.latent_shape), ("text_states", self.text_shape)):
+            value = np.asarray(row[col])
+            if value.shape != shape:
+                raise ValueError(f"row '{rid}': {col} has shape {value.shape}, expected {shape}")
+            if not np.issubdtype(value.dtype, np.number):
+                raise ValueError(f"row '{rid}': {col} has dtype {value.dtype}, expected numbers")
+            with np.errstate(over="ignore", invalid="ignore"):
+                half = value.astype(np.float16)
+            bad = int((~np.isfinite(half)).sum())
+            if bad:
+                raise ValueError(f"row '{rid}': {col} holds {bad} NaN/Inf values (after conversion to float16)")
+            out[col] = half
+        mask = np.asarray(row["text_mask"])
+        if mask.shape != self.text_shape[:1]:
+            raise ValueError(f"row '{rid}': text_mask has shape {mask.shape}, expected {self.text_shape[:1]}")
+        if mask.dtype != np.bool_:
+            if not np.isin(mask, (0, 1)).all():
+                raise ValueError(f"row '{rid}': text_mask holds values other than 0/1")
+            mask = mask.astype(bool)
+        out["text_mask"] = mask
+        caption = row["caption"]
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"row '{rid}': empty caption")
+        out["caption"] = caption
+        for col in ("bpm", "seconds_start", "seconds_total"):
+            try:
+                value = float(row[col])
+            except (TypeError, ValueError):
+                raise ValueError(f"row '{rid}': {col} is not a number ({row[col]!r})") from None
+            if not math.isfinite(value):
+                raise ValueError(f"row '{rid}': {col} is {value}")
+            out[col] = value
+        for col in self.metadata_columns:
+            value = row.get(col)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"row '{rid}': metadata column {col} should be a string, got {type(value).__name__}")
+            out[col] = value
+        return out
+
+    def add(self, row: dict) -> None:
+        """Buffer one row (checked with :meth:`check_row`); a full buffer becomes a shard."""
+        if self._closed:
+            raise RuntimeError(f"the ShardWriter for {self.uri} is closed")
+        clean = self.check_row(row)
+        rid = clean["id"]
+        if rid in self._id_file:
+            raise ValueError(f"row '{rid}': id already stored in {self._id_file[rid]} "
+                             "(skip ids in writer.completed_ids)")
+        if rid in self._buffer_ids:
+            raise ValueError(f"row '{rid}': id added twice")
+        self._buffer.append(clean)
+        self._buffer_ids.add(rid)
+        if len(self._buffer) >= self.rows_per_shard:
+            self.flush()
+
+    def add_rows(self, rows: Iterable[dict]) -> None:
+        """:meth:`add` each row in turn (stops at the first refused row)."""
+        for row in rows:
+            self.add(row)
+
+    def _table(self, rows: list[dict]) -> tuple[pa.Table, np.ndarray]:
+        n = len(rows)
+        latent = np.stack([r["latent"] for r in rows])  # [N, C, T] float16
+        text_states = np.stack([r["text_states"] for r in rows])  # [N, L, Dt]
+        text_mask = np.stack([r["text_mask"] for r in rows])  # [N, L]
+
+        def fixed(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+            return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), values[0].size)
+
+        columns = {
+            "id": pa.array([r["id"] for r in rows], pa.string()),
+            "latent": fixed(latent, pa.float16()),
+            "caption": pa.array([r["caption"] for r in rows], pa.string()),
+            "text_states": fixed(text_states, pa.float16()),
+            "text_mask": fixed(text_mask, pa.bool_()),
+            **{c: pa.array([r[c] for r in rows], pa.float32()) for c in ("bpm", "seconds_start", "seconds_total")},
+            **{c: pa.array([r[c] for r in rows], pa.string()) for c in self.metadata_columns},
+        }
+        assert all(len(v) == n for v in columns.values())
+        return pa.Table.from_arrays(list(columns.values()), schema=self.schema), latent
+
+    def _next_name(self) -> str:
+        while True:
+            name = f"{self.prefix}-{self._next_index:05d}.parquet"
+            self._next_index += 1
+            if name not in self._parts:
+                return name
+
+    def flush(self) -> str | None:
+        """Write the buffered rows (if any) as one shard now; returns its name."""
+        if not self._buffer:
+            return None
+        rows, self._buffer, self._buffer_ids = self._buffer, [], set()
+        table, latent = self._table(rows)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression=self.compression, row_group_size=min(len(rows), 1024))
+        data = sink.getvalue().to_pybytes()
+        lat64 = latent.astype(np.float64)
+        name = self._next_name()
+        info = {"name": name, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                "ids": [r["id"] for r in rows], "channel_sum": lat64.sum(axis=(0, 2)).tolist(),
+                "channel_sumsq": np.square(lat64).sum(axis=(0, 2)).tolist(), "identity": self.identity}
+        write_bytes_atomic(storage.join(self.uri, name), data)  # the shard first, its sidecar after
+        write_bytes_atomic(storage.join(self.uri, PARTS_DIR, f"{name}.json"), json.dumps(info).encode())
+        self._parts[name] = info
+        self._id_file.update({r["id"]: name for r in rows})
+        log.info("wrote %s/%s (%d rows, %d bytes)", self.uri, name, len(rows), len(data))
+        return name
+
+    def close(self, *, extra: dict | None = None, finalize: bool = True) -> Manifest | None:
+        """Flush the last (possibly short) shard and, unless told not to, write ``manifest.json``
+        from every finished shard of this identity in the folder; returns the Manifest."""
+        self.flush()
+        self._closed = True
+        if not finalize:
+            return None
+        return write_manifest(self.uri, identity=self.identity, extra=extra)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self._closed:
+            self.close()  # on an error the finished shards stay (resumable) and no manifest is written
+
+
+def stats_from_sums(channel_sum: np.ndarray, channel_sumsq: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (n - 1) [C] from float64 sums over ``count`` values per channel."""
+    mean = channel_sum / count
+    var = (channel_sumsq - count * mean**2) / max(count - 1, 1)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def write_manifest(uri: str, *, identity: dict, extra: dict | None = None, verify: bool = False) -> Manifest:
+    """Build ``manifest.json`` from the finished shards (sidecars) of ``identity`` under ``uri``
+    and write it atomically; ValueError when there are none."""
+    parts = _completed_parts(uri, identity, verify)
+    if not parts:
+        raise ValueError(f"no finished shards under {uri}: nothing to put in a manifest")
+    names = sorted(parts)
+    rows = sum(parts[n]["rows"] for n in names)
+    count = rows * int(identity["latent_shape"][1])
+    mean, std = stats_from_sums(np.sum([parts[n]["channel_sum"] for n in names], axis=0),
+                                np.sum([parts[n]["channel_sumsq"] for n in names], axis=0), count)
+    manifest = Manifest(schema_version=SCHEMA_VERSION, codec=identity["codec"], text_encoder=identity["text_encoder"],
+                        latent_shape=list(identity["latent_shape"]), text_shape=list(identity["text_shape"]),
+                        latent_mean=mean.tolist(), latent_std=std.tolist(), num_rows=rows,
+                        files=[ShardFile(n, parts[n]["rows"], parts[n]["bytes"], parts[n]["sha256"]) for n in names],
+                        metadata_columns=list(identity.get("metadata_columns", [])), extra=dict(extra or {}))
+    write_bytes_atomic(storage.join(uri, MANIFEST_NAME), manifest.to_json().encode())
+    log.info("wrote %s/%s: %d files, %d rows", uri, MANIFEST_NAME, len(names), rows)
+    return manifest

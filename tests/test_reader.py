@@ -1,0 +1,136 @@
+"""The training reader: shards written locally or to a loopback S3 server stream back through Ray Data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from presto_ray.data.batch import TRAIN_COLUMNS
+from presto_ray.data.reader import BadRowCounter, shuffled_files, training_dataset
+from presto_ray.data.shards import ShardWriter
+
+C, T, L, DT = 32, 128, 32, 384
+
+
+def make_rows(n: int, seed: int = 1) -> list[dict]:
+    """n synthetic rows: latent [C, T] float16, text_states [L, Dt] float16, text_mask [L] bool."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        mask = np.zeros(L, dtype=bool)
+        mask[: 3 + i % 9] = True
+        latent = rng.normal(size=(C, T)) + np.arange(C)[:, None] / 4
+        rows.append({"id": f"r{i:03d}", "latent": latent.astype(np.float16),
+                     "caption": f"caption number {i}", "text_states": rng.normal(size=(L, DT)).astype(np.float16),
+                     "text_mask": mask, "bpm": np.float32(70 + i), "seconds_start": np.float32(i),
+                     "seconds_total": np.float32(30.0)})
+    return rows
+
+
+def write(uri: str, rows: list[dict], rows_per_shard: int = 4):
+    w = ShardWriter(uri, rows_per_shard=rows_per_shard, latent_shape=(C, T), text_shape=(L, DT),
+                    codec_identity={"name": "mel"}, text_identity={"name": "minilm"})
+    w.add_rows(rows)
+    return w.close()
+
+
+def test_shuffle_deterministic_per_seed_and_epoch():
+    names = [f"part-{i:05d}.parquet" for i in range(10)]
+    a = shuffled_files(names, seed=3, epoch=0)
+    assert a == shuffled_files(names, seed=3, epoch=0) and sorted(a) == names
+    orders = {tuple(shuffled_files(names, seed=3, epoch=e)) for e in range(5)}
+    assert len(orders) == 5  # every epoch its own order
+    assert shuffled_files(names, seed=4, epoch=0) != a
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_round_trip_through_ray_data(ray_cluster, s3_endpoint, tmp_path, where):
+    uri = str(tmp_path / "shards") if where == "local" else "s3://presto/reader/roundtrip"
+    rows = make_rows(10)
+    written = write(uri, rows)
+    lat = np.stack([r["latent"] for r in rows]).astype(np.float64)
+    np.testing.assert_allclose(written.latent_mean, lat.mean(axis=(0, 2)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(written.latent_std, lat.transpose(1, 0, 2).reshape(C, -1).std(axis=1, ddof=1),
+                               rtol=1e-9)
+
+    # training columns as torch batches with the right shapes and dtypes; the latents are the written ones
+    ds, manifest = training_dataset(uri, seed=0, epoch=0)
+    assert manifest == written
+    got = {}
+    for batch in ds.iter_torch_batches(batch_size=4):
+        assert set(batch) == set(TRAIN_COLUMNS)
+        b = batch["latent"].shape[0]
+        assert batch["latent"].shape == (b, C, T) and batch["latent"].dtype == torch.float16
+        assert batch["text_states"].shape == (b, L, DT) and batch["text_mask"].shape == (b, L)
+        assert batch["text_mask"].dtype == torch.bool and batch["bpm"].dtype == torch.float32
+        for j in range(b):
+            got[int(batch["bpm"][j])] = (batch["latent"][j].numpy(), batch["text_states"][j].numpy(),
+                                         batch["text_mask"][j].numpy())
+    assert sorted(got) == [70 + i for i in range(10)]
+    for i, r in enumerate(rows):
+        latent, states, mask = got[70 + i]
+        np.testing.assert_array_equal(latent, r["latent"])
+        np.testing.assert_array_equal(states, r["text_states"])
+        np.testing.assert_array_equal(mask, r["text_mask"])
+
+    # ids and captions in the (seed, epoch) file order
+    order = shuffled_files([f.name for f in manifest.files], seed=0, epoch=1)
+    ds, _ = training_dataset(uri, seed=0, epoch=1, columns=["id", "caption", "latent"], preserve_order=True)
+    out = {k: [] for k in ("id", "caption", "latent")}
+    for batch in ds.iter_batches(batch_size=5, batch_format="numpy"):
+        for k in out:
+            out[k] += list(batch[k])
+    by_file = {f"part-{k:05d}.parquet": [f"r{i:03d}" for i in range(4 * k, min(4 * k + 4, 10))] for k in range(3)}
+    assert out["id"] == [rid for name in order for rid in by_file[name]]
+    index = {r["id"]: r for r in rows}
+    assert out["caption"] == [index[i]["caption"] for i in out["id"]]
+    for rid, latent in zip(out["id"], out["latent"]):
+        np.testing.assert_array_equal(latent, index[rid]["latent"])
+
+
+def _put_nan_row(folder, name: str, row: int) -> str:
+    """Rewrite shard ``name`` with NaN in one latent value of ``row`` (manifest kept consistent)."""
+    table = pq.read_table(folder / name)
+    rows = table.to_pylist()
+    rows[row]["latent"] = rows[row]["latent"][:7] + [float("nan")] + rows[row]["latent"][8:]
+    pq.write_table(table.from_pylist(rows, schema=table.schema), folder / name)
+    data = (folder / name).read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["name"] == name)
+    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return rows[row]["id"]
+
+
+def test_bad_rows_raise_or_skip_and_count(ray_cluster, tmp_path):
+    folder = tmp_path / "s"
+    write(str(folder), make_rows(10))
+    bad_id = _put_nan_row(folder, "part-00001.parquet", 2)
+    assert bad_id == "r006"
+
+    ds, _ = training_dataset(str(folder), seed=0, epoch=0, on_bad_rows="raise")
+    with pytest.raises(Exception, match=r"part-00001.parquet: row id 'r006' has NaN/Inf"):
+        for _ in ds.iter_torch_batches(batch_size=4):
+            pass
+
+    counter = BadRowCounter()
+    ds, _ = training_dataset(str(folder), seed=0, epoch=0, columns=[*TRAIN_COLUMNS, "id"], on_bad_rows="skip",
+                             bad_rows=counter)
+    ids = [i for b in ds.iter_batches(batch_size=4, batch_format="numpy") for i in b["id"]]
+    assert sorted(ids) == [f"r{i:03d}" for i in range(10) if i != 6]
+    assert counter.count() == 1 and counter.by_file() == {"part-00001.parquet": 1}
+
+
+def test_reader_fails_fast_on_missing_file_and_unknown_column(ray_cluster, tmp_path):
+    folder = tmp_path / "s"
+    write(str(folder), make_rows(6))
+    with pytest.raises(ValueError, match=r"columns \['tempo'\] are not in the shards"):
+        training_dataset(str(folder), seed=0, epoch=0, columns=["latent", "tempo"])
+    (folder / "part-00001.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="part-00001.parquet"):
+        training_dataset(str(folder), seed=0, epoch=0)
