@@ -112,12 +112,22 @@ class TextConfig(_Section):
 
 class DataConfig(_Section):
     """Where training examples come from. ``tones``: a small in-memory set of synthesised tone
-    sequences, encoded with the real codec and text encoder (tests and smoke runs)."""
+    sequences, encoded with the real codec and text encoder (tests and smoke runs). ``shards``:
+    Parquet latent shards with a manifest at ``uri`` (local path, file:// or s3://), as written by
+    ``presto-ray prepare``; ``on_bad_rows`` says whether a NaN row fails the run or is skipped."""
 
-    source: Literal["tones"] = "tones"
+    source: Literal["tones", "shards"] = "tones"
+    uri: str | None = None
+    on_bad_rows: Literal["raise", "skip"] = "raise"
     num_examples: int = 256
     seed: int = 0
     shuffle_buffer: int = 64
+
+    @model_validator(mode="after")
+    def _uri(self) -> "DataConfig":
+        if self.source == "shards" and not self.uri:
+            raise ValueError("data.source=shards needs data.uri (the folder or s3:// prefix of the shards)")
+        return self
 
 
 class TrainConfig(_Section):

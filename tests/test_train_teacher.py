@@ -151,3 +151,31 @@ def test_dataset_smaller_than_one_batch_per_worker_is_refused(tiny_config, tone_
     cfg = _cfg(tiny_config, tmp_path, "small-ds", **{"train.num_workers": 2, "train.batch_size": 8})
     with pytest.raises(ValueError, match="has 12 rows, fewer than train.batch_size x train.num_workers = 16"):
         train_teacher(cfg, dataset=ray.data.from_items(ds.take(12)), stats=stats)
+
+
+@pytest.mark.timeout(600)
+def test_teacher_trains_from_prepared_shards_in_s3(tiny_config, tone_data, s3_endpoint, tmp_path):
+    """data.source=shards: Parquet shards + manifest in object storage stream into training, and
+    the manifest's statistics become the run's latent statistics."""
+    from presto_ray.data.shards import ShardWriter
+    from presto_ray.train.export import load_export
+
+    ds, _ = tone_data
+    cfg = tiny_config
+    uri = "s3://presto/shards/tones"
+    with ShardWriter(uri, rows_per_shard=16, latent_shape=(32, 128), text_shape=(32, 384),
+                     codec_identity={"name": "mel"}, text_identity={"name": "minilm"}) as writer:
+        for row in ds.take(48):
+            writer.add(row)
+    cfg = _cfg(tiny_config, tmp_path, "from-shards", **{"data.source": "shards", "data.uri": uri,
+                                                       "train.steps": 6, "train.eval_every": 6,
+                                                       "train.checkpoint_every": 6})
+    result = train_teacher(cfg)
+    assert math.isfinite(result.metrics["eval_loss"])
+    stats = load_export(tmp_path / "from-shards").stats
+    latents = np.stack([r["latent"] for r in ds.take(48)]).astype(np.float64)
+    np.testing.assert_allclose(stats.mean.numpy(), latents.mean(axis=(0, 2)), rtol=1e-3, atol=1e-3)
+
+    wrong = _cfg(cfg, tmp_path, "wrong-shape", **{"model.latent_frames": 64})
+    with pytest.raises(ValueError, match="latent"):
+        train_teacher(wrong)

@@ -38,6 +38,17 @@ def tone_dataset(cfg: PrestoConfig) -> tuple[ray.data.Dataset, LatentStats]:
     return ray.data.from_items(rows, override_num_blocks=blocks).materialize(), stats
 
 
+def shard_dataset(cfg: PrestoConfig) -> tuple[ray.data.Dataset, LatentStats]:
+    """Prepared Parquet shards (cfg.data.source == "shards"), checked against the model config."""
+    from presto_ray.data.reader import training_dataset
+    from presto_ray.data.validate import check_against_model
+
+    ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=0, on_bad_rows=cfg.data.on_bad_rows)
+    check_against_model(manifest, cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens,
+                        cfg.model.text_dim)
+    return ds, manifest.latent_stats(cfg.edm.sigma_data)
+
+
 def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
     """Check one row against the model config; returns it. Errors name the column."""
     row = ds.take(1)
@@ -95,7 +106,7 @@ def train_teacher(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None,
     """Train (or resume) the teacher; returns the Ray Train ``Result``."""
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     if dataset is None:
-        dataset, stats = tone_dataset(cfg)
+        dataset, stats = shard_dataset(cfg) if cfg.data.source == "shards" else tone_dataset(cfg)
     if stats is None:
         raise ValueError("a dataset given without latent statistics")
     result = build_teacher_trainer(cfg, dataset, stats).fit()
