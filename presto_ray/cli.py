@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 PENDING = {
-    "prepare": "issue #3 (music21/FluidSynth corpus and Parquet latent shards)",
     "distill": "issue #4 (Presto-S, Presto-L, Presto-LS and baselines)",
     "evaluate": "issue #5 (FAD, MMD, diversity, prompt adherence)",
     "benchmark": "issue #5 (latency side by side)",
@@ -37,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--run-name", help="overrides run.name")
     p.add_argument("--storage-path", help="overrides run.storage_path (local path, file:// or s3://)")
+
+    p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="output folder or s3:// prefix; splits go to <out>/{train,valid,test}")
+    p.add_argument("--hours", type=float, help="overrides prepare.hours (audio to render)")
+    p.add_argument("--items", type=int, help="overrides prepare.items (number of clips; wins over hours)")
 
     p = sub.add_parser("generate", help="prompt(s) -> WAV from an exported model or checkpoint")
     p.add_argument("--checkpoint", required=True,
@@ -88,6 +93,24 @@ def cmd_train_teacher(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from presto_ray.data.prepare import prepare
+    from presto_ray.train.cluster import ensure_ray
+
+    if args.hours is not None:
+        args.overrides.append(f"prepare.hours={args.hours}")
+    if args.items is not None:
+        args.overrides.append(f"prepare.items={args.items}")
+    cfg = _load(args)
+    ensure_ray(args.address)
+    manifests = prepare(cfg, args.out)
+    for split, m in manifests.items():
+        print(f"{split}: {m.num_rows} rows in {len(m.files)} files -> {args.out.rstrip('/')}/{split}")
+    print(f"train with: presto-ray train-teacher --config {args.config} data.source=shards "
+          f"data.uri={args.out.rstrip('/')}/train")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from presto_ray.generate import Prompt, generate_files, load_prompts
 
@@ -135,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
-    handler = {"train-teacher": cmd_train_teacher, "generate": cmd_generate, "export": cmd_export,
+    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "generate": cmd_generate, "export": cmd_export,
                "quickstart": cmd_quickstart}[args.command]
     t0 = time.perf_counter()
     try:

@@ -107,7 +107,7 @@ class TextConfig(_Section):
     name or local path (T5 encoders are recognised by their config)."""
 
     name: str = "minilm"
-    max_tokens: int = 32
+    max_tokens: int = 48  # music21 captions reach ~39 MiniLM tokens
 
 
 class DataConfig(_Section):
@@ -127,6 +127,30 @@ class DataConfig(_Section):
     def _uri(self) -> "DataConfig":
         if self.source == "shards" and not self.uri:
             raise ValueError("data.source=shards needs data.uri (the folder or s3:// prefix of the shards)")
+        return self
+
+
+class PrepareConfig(_Section):
+    """``presto-ray prepare``: which source, how much, how it is split and sharded.
+    ``music21``: the music21 corpus rendered with FluidSynth (the embedded default)."""
+
+    source: Literal["music21"] = "music21"
+    hours: float = 0.25
+    items: int | None = None  # overrides hours: the number of clips to render
+    split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    split_seed: int = 0  # kept apart from seed: re-rendering never moves a piece between splits
+    seed: int = 0
+    soundfont: str | None = None  # None: FluidR3_GM.sf2 from the fluid-soundfont-gm package
+    max_repeats: int = 4  # a piece shorter than the clip is played again, at most this often
+    rows_per_shard: int = 256
+    encode_batch: int = 16
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "PrepareConfig":
+        if self.hours <= 0 or (self.items is not None and self.items <= 0):
+            raise ValueError("hours and items must be positive")
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) < 0:
+            raise ValueError(f"split_fractions must be non-negative and sum to 1, got {self.split_fractions}")
         return self
 
 
@@ -190,6 +214,7 @@ class PrestoConfig(_Section):
     codec: CodecConfig = CodecConfig()
     text: TextConfig = TextConfig()
     data: DataConfig = DataConfig()
+    prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
 

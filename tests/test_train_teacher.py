@@ -163,7 +163,7 @@ def test_teacher_trains_from_prepared_shards_in_s3(tiny_config, tone_data, s3_en
     ds, _ = tone_data
     cfg = tiny_config
     uri = "s3://presto/shards/tones"
-    with ShardWriter(uri, rows_per_shard=16, latent_shape=(32, 128), text_shape=(32, 384),
+    with ShardWriter(uri, rows_per_shard=16, latent_shape=(32, 128), text_shape=(cfg.text.max_tokens, 384),
                      codec_identity={"name": "mel"}, text_identity={"name": "minilm"}) as writer:
         for row in ds.take(48):
             writer.add(row)
