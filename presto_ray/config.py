@@ -132,9 +132,14 @@ class DataConfig(_Section):
 
 class PrepareConfig(_Section):
     """``presto-ray prepare``: which source, how much, how it is split and sharded.
-    ``music21``: the music21 corpus rendered with FluidSynth (the embedded default)."""
+    ``music21``: the music21 corpus rendered with FluidSynth (the embedded default); ``audio``:
+    your own files under ``audio_uri`` with a captions CSV/JSONL at ``captions_uri`` (columns
+    file, caption, optional bpm and split), ``crops_per_file`` clips each (hours/items unused)."""
 
-    source: Literal["music21"] = "music21"
+    source: Literal["music21", "audio"] = "music21"
+    audio_uri: str | None = None
+    captions_uri: str | None = None
+    crops_per_file: int = 1
     hours: float = 0.25
     items: int | None = None  # overrides hours: the number of clips to render
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)

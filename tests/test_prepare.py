@@ -44,3 +44,32 @@ def test_prepare_music21_to_s3_validates_and_resumes(ray_cluster, s3_endpoint):
     again = prepare(cfg, out, progress=False)  # everything is there: nothing rendered twice
     assert sum(m.extra["rendered_this_run"] for m in again.values()) == 0
     assert {s: m.num_rows for s, m in again.items()} == {s: m.num_rows for s, m in manifests.items()}
+
+
+@pytest.mark.timeout(300)
+def test_prepare_users_audio_folder(ray_cluster, tmp_path):
+    """prepare.source=audio: a folder of the user's files plus a captions CSV become shards; a
+    silent file is skipped and counted, captions and tempi come from the CSV."""
+    import soundfile as sf
+
+    from presto_ray.data.prepare import prepare
+    from presto_ray.data.reader import training_dataset
+
+    audio = tmp_path / "music"
+    audio.mkdir()
+    t = np.arange(int(22050 * 6.0)) / 22050
+    for i, freq in enumerate([220.0, 330.0, 440.0, 550.0]):
+        sf.write(audio / f"song{i}.wav", 0.3 * np.sin(2 * np.pi * freq * t)[:, None].repeat(2, 1), 22050)
+    sf.write(audio / "quiet.flac", np.zeros(22050 * 6), 22050)
+    captions = tmp_path / "captions.csv"
+    captions.write_text("file,caption,bpm,split\n" + "".join(
+        f"song{i}.wav,a sine tone number {i},{100 + i},train\n" for i in range(4)) + "quiet.flac,nothing at all,,train\n")
+    cfg = load_config("tiny", ["prepare.source=audio", f"prepare.audio_uri={audio}",
+                               f"prepare.captions_uri={captions}", "prepare.crops_per_file=2"])
+    manifests = prepare(cfg, str(tmp_path / "shards"), progress=False)
+    train = manifests["train"]
+    assert train.num_rows == 8 and train.extra["source"] == "audio" and train.extra["skipped"] == {"silent": 2}
+    rows = training_dataset(str(tmp_path / "shards" / "train"), seed=0, epoch=0,
+                            columns=["caption", "bpm", "latent"])[0].take_all()
+    assert sorted({r["caption"] for r in rows}) == [f"a sine tone number {i}" for i in range(4)]
+    assert sorted({float(r["bpm"]) for r in rows}) == [100.0, 101.0, 102.0, 103.0]

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 import ray
@@ -23,7 +24,9 @@ from tqdm import tqdm
 
 from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
+from presto_ray.data.audio_source import plan_audio_items, render_audio_row
 from presto_ray.data.music21_source import SPLITS, RenderSpec, find_fluidsynth, find_soundfont, plan_items, render_item
+from presto_ray.data.records import skipped_record
 from presto_ray.data.shards import Manifest, ShardWriter
 
 log = logging.getLogger("presto_ray.prepare")
@@ -32,11 +35,13 @@ METADATA_COLUMNS = ("split", "piece_id", "instruments", "source_metadata")
 
 
 def _render(row: dict) -> dict:
-    """Ray Data task: one RenderSpec row -> the rendered record (audio [n] float32), or a row
-    with ``skip_reason`` set."""
-    record, reason = render_item(RenderSpec.from_row(row))
+    """Ray Data task: one music21 RenderSpec row -> the rendered record (audio [n] float32), or a
+    skipped record (presto_ray.data.records) carrying the reason."""
+    spec = RenderSpec.from_row(row)
+    record, reason = render_item(spec)
     if record is None:
-        return {"id": RenderSpec.from_row(row).item_id, "split": row["split"], "skip_reason": reason or "unknown"}
+        n = int(round(spec.seconds * spec.sample_rate))
+        return skipped_record(spec.item_id, spec.split, reason, n, spec.piece.piece_id)
     meta = record.get("metadata", {})
     return {
         "id": record["id"], "split": record["split"], "skip_reason": "", "audio": record["audio"],
@@ -45,6 +50,26 @@ def _render(row: dict) -> dict:
         "piece_id": record["piece_id"], "instruments": ", ".join(record["instruments"]),
         "source_metadata": json.dumps(meta, default=str, sort_keys=True),
     }
+
+
+def plan(cfg: PrestoConfig) -> tuple[list[dict], Callable[[dict], dict], dict]:
+    """(plan rows each with "id" and "split", the Ray Data task that turns a row into a record,
+    facts for the manifests) for ``cfg.prepare.source``."""
+    p = cfg.prepare
+    if p.source == "audio":
+        if not p.audio_uri or not p.captions_uri:
+            raise ValueError("prepare.source=audio needs prepare.audio_uri and prepare.captions_uri")
+        rows = plan_audio_items(p.audio_uri, p.captions_uri, clip_seconds=cfg.clip_seconds,
+                                sample_rate=cfg.codec.sample_rate, split_fractions=p.split_fractions,
+                                split_seed=p.split_seed, seed=p.seed, crops_per_file=p.crops_per_file)
+        return rows, render_audio_row, {"source": "audio", "audio_uri": p.audio_uri, "captions_uri": p.captions_uri}
+    find_fluidsynth()
+    soundfont = find_soundfont(p.soundfont)
+    specs = plan_items(num_items(cfg), p.split_fractions, p.seed, sample_rate=cfg.codec.sample_rate,
+                       seconds=cfg.clip_seconds, soundfont=soundfont, split_seed=p.split_seed,
+                       max_repeats=p.max_repeats)
+    rows = [{**s.to_row(), "id": s.item_id} for s in specs]
+    return rows, _render, {"source": "music21", "soundfont": soundfont.rsplit("/", 1)[-1]}
 
 
 class Encoder:
@@ -84,10 +109,6 @@ def num_items(cfg: PrestoConfig) -> int:
 
 def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, Manifest]:
     """Build the shard sets under ``out`` (local path, file:// or s3://); returns split -> manifest."""
-    if cfg.codec.name != "mel":
-        log.info("codec %s: latents come from the configured pretrained codec", cfg.codec.name)
-    find_fluidsynth()
-    soundfont = find_soundfont(cfg.prepare.soundfont)
     from presto_ray.models.codec import load_codec
     from presto_ray.models.text import load_text_encoder
 
@@ -97,24 +118,22 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
     if codec.frames_for(round(cfg.clip_seconds * codec.sample_rate)) < cfg.model.latent_frames:
         raise ValueError("the codec gives fewer frames per clip than model.latent_frames")
 
-    specs = plan_items(num_items(cfg), cfg.prepare.split_fractions, cfg.prepare.seed,
-                       sample_rate=cfg.codec.sample_rate, seconds=cfg.clip_seconds, soundfont=soundfont,
-                       split_seed=cfg.prepare.split_seed, max_repeats=cfg.prepare.max_repeats)
+    rows, load_row, facts = plan(cfg)
     writers = {
         split: ShardWriter(storage.join(out, split), rows_per_shard=cfg.prepare.rows_per_shard,
                            latent_shape=(cfg.model.latent_channels, cfg.model.latent_frames),
                            text_shape=(cfg.text.max_tokens, text.dim), codec_identity=codec.identity(),
                            text_identity=text.identity(), metadata_columns=METADATA_COLUMNS)
-        for split in SPLITS if any(s.split == split for s in specs)
+        for split in SPLITS if any(r["split"] == split for r in rows)
     }
     done = set().union(*(w.completed_ids for w in writers.values()))
-    todo = [s for s in specs if s.item_id not in done]
-    log.info("prepare: %d items planned (%.2f h of %.2f s clips), %d already written, %d to render",
-             len(specs), len(specs) * cfg.clip_seconds / 3600, cfg.clip_seconds, len(specs) - len(todo), len(todo))
+    todo = [r for r in rows if r["id"] not in done]
+    log.info("prepare: %d %s items planned (%.2f h of %.2f s clips), %d already written, %d to do", len(rows),
+             facts["source"], len(rows) * cfg.clip_seconds / 3600, cfg.clip_seconds, len(rows) - len(todo), len(todo))
     skipped: Counter = Counter()
     if todo:
-        ds = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=min(len(todo), 64))
-        ds = ds.map(_render)
+        ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
+        ds = ds.map(load_row)
         ds = ds.map_batches(Encoder, fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json")},
                             batch_size=cfg.prepare.encode_batch, concurrency=1, batch_format="numpy")
         bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress)
@@ -135,10 +154,10 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
             writer.close(finalize=False)
             log.warning("prepare: split '%s' got no usable clip; no shard set written for it", split)
             continue
-        extra = {"source": "music21", "split": split, "seed": cfg.prepare.seed, "split_seed": cfg.prepare.split_seed,
+        extra = {**facts, "split": split, "seed": cfg.prepare.seed, "split_seed": cfg.prepare.split_seed,
                  "split_fractions": list(cfg.prepare.split_fractions), "skipped": dict(skipped),
-                 "planned_items": sum(s.split == split for s in specs), "soundfont": soundfont.rsplit("/", 1)[-1],
-                 "rendered_this_run": sum(s.split == split for s in todo)}
+                 "planned_items": sum(r["split"] == split for r in rows),
+                 "rendered_this_run": sum(r["split"] == split for r in todo)}
         manifests[split] = writer.close(extra=extra)
         log.info("prepare: %s: %d rows in %d files at %s", split, manifests[split].num_rows,
                  len(manifests[split].files), storage.join(out, split))
