@@ -107,7 +107,7 @@ def cmd_prepare(args) -> int:
     for split, m in manifests.items():
         print(f"{split}: {m.num_rows} rows in {len(m.files)} files -> {args.out.rstrip('/')}/{split}")
     print(f"train with: presto-ray train-teacher --config {args.config} data.source=shards "
-          f"data.uri={args.out.rstrip('/')}/train")
+          f"data.uri={args.out.rstrip('/')}/train")  # prepare raised if no train split was produced
     return 0
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         code = handler(args)
-    except (ConfigError, ExportError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, ExportError, OSError, ValueError) as err:  # OSError: storage, named by URI
         print(f"presto-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
     logging.getLogger("presto_ray").info("%s finished in %.1f s", args.command, time.perf_counter() - t0)

@@ -23,7 +23,7 @@ def test_prepare_music21_to_s3_validates_and_resumes(ray_cluster, s3_endpoint):
     manifests = prepare(cfg, out, progress=False)
     assert set(manifests) == {"train", "valid"}
     rendered = sum(m.extra["rendered_this_run"] for m in manifests.values())
-    skipped = sum(manifests["train"].extra["skipped"].values())
+    skipped = sum(sum(m.extra["skipped_this_run"].values()) for m in manifests.values())
     assert rendered == 12 and manifests["train"].num_rows + manifests["valid"].num_rows == 12 - skipped
     assert manifests["train"].num_rows >= 6
     for split, m in manifests.items():
@@ -45,6 +45,10 @@ def test_prepare_music21_to_s3_validates_and_resumes(ray_cluster, s3_endpoint):
     assert sum(m.extra["rendered_this_run"] for m in again.values()) == 0
     assert {s: m.num_rows for s, m in again.items()} == {s: m.num_rows for s, m in manifests.items()}
 
+    reseeded = load_config("tiny", ["prepare.items=12", "prepare.split_fractions=[0.5,0.5,0.0]"])
+    with pytest.raises(ValueError, match="other prepare settings"):  # never mix two plans in one folder
+        prepare(reseeded, out, progress=False)
+
 
 @pytest.mark.timeout(300)
 def test_prepare_users_audio_folder(ray_cluster, tmp_path):
@@ -61,15 +65,19 @@ def test_prepare_users_audio_folder(ray_cluster, tmp_path):
     for i, freq in enumerate([220.0, 330.0, 440.0, 550.0]):
         sf.write(audio / f"song{i}.wav", 0.3 * np.sin(2 * np.pi * freq * t)[:, None].repeat(2, 1), 22050)
     sf.write(audio / "quiet.flac", np.zeros(22050 * 6), 22050)
+    sf.write(audio / "no_tempo.wav", 0.3 * np.sin(2 * np.pi * 660.0 * t), 22050)
     captions = tmp_path / "captions.csv"
     captions.write_text("file,caption,bpm,split\n" + "".join(
-        f"song{i}.wav,a sine tone number {i},{100 + i},train\n" for i in range(4)) + "quiet.flac,nothing at all,,train\n")
+        f"song{i}.wav,a sine tone number {i},{100 + i},train\n" for i in range(4)) +
+        "quiet.flac,nothing at all,,train\nno_tempo.wav,a tone of unknown tempo,,train\n")
     cfg = load_config("tiny", ["prepare.source=audio", f"prepare.audio_uri={audio}",
                                f"prepare.captions_uri={captions}", "prepare.crops_per_file=2"])
     manifests = prepare(cfg, str(tmp_path / "shards"), progress=False)
     train = manifests["train"]
-    assert train.num_rows == 8 and train.extra["source"] == "audio" and train.extra["skipped"] == {"silent": 2}
+    assert train.num_rows == 10 and train.extra["source"] == "audio" and train.extra["skipped_this_run"] == {"silent": 2}
     rows = training_dataset(str(tmp_path / "shards" / "train"), seed=0, epoch=0,
                             columns=["caption", "bpm", "latent"])[0].take_all()
-    assert sorted({r["caption"] for r in rows}) == [f"a sine tone number {i}" for i in range(4)]
-    assert sorted({float(r["bpm"]) for r in rows}) == [100.0, 101.0, 102.0, 103.0]
+    assert sorted({r["caption"] for r in rows}) == [f"a sine tone number {i}" for i in range(4)] + ["a tone of unknown tempo"]
+    bpms = [float(r["bpm"]) for r in rows]
+    assert sorted({b for b in bpms if not np.isnan(b)}) == [100.0, 101.0, 102.0, 103.0]
+    assert sum(np.isnan(bpms)) == 2  # a blank bpm is stored as unknown (NaN)

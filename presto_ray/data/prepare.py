@@ -38,7 +38,12 @@ def _render(row: dict) -> dict:
     """Ray Data task: one music21 RenderSpec row -> the rendered record (audio [n] float32), or a
     skipped record (presto_ray.data.records) carrying the reason."""
     spec = RenderSpec.from_row(row)
-    record, reason = render_item(spec)
+    try:
+        record, reason = render_item(spec)
+    except FileNotFoundError:  # fluidsynth or the soundfont is missing: every item would fail
+        raise
+    except Exception as err:  # noqa: BLE001 - one odd score must not stop a corpus build
+        record, reason = None, f"error: {type(err).__name__}: {err}"
     if record is None:
         n = int(round(spec.seconds * spec.sample_rate))
         return skipped_record(spec.item_id, spec.split, reason, n, spec.piece.piece_id)
@@ -126,11 +131,18 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
                            text_identity=text.identity(), metadata_columns=METADATA_COLUMNS)
         for split in SPLITS if any(r["split"] == split for r in rows)
     }
-    done = set().union(*(w.completed_ids for w in writers.values()))
-    todo = [r for r in rows if r["id"] not in done]
+    todo = []
+    for split, writer in writers.items():
+        planned = {r["id"] for r in rows if r["split"] == split}
+        stray = writer.completed_ids - planned
+        if stray:
+            raise ValueError(f"{storage.join(out, split)} holds {len(stray)} items this plan does not have "
+                             f"(e.g. {sorted(stray)[0]}): it was written with other prepare settings "
+                             "(seed, split_seed, split_fractions, hours, source); use a new --out")
+        todo += [r for r in rows if r["split"] == split and r["id"] not in writer.completed_ids]
     log.info("prepare: %d %s items planned (%.2f h of %.2f s clips), %d already written, %d to do", len(rows),
              facts["source"], len(rows) * cfg.clip_seconds / 3600, cfg.clip_seconds, len(rows) - len(todo), len(todo))
-    skipped: Counter = Counter()
+    skipped: dict[str, Counter] = {split: Counter() for split in writers}
     if todo:
         ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
         ds = ds.map(load_row)
@@ -141,11 +153,11 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
             for i in range(len(batch["id"])):
                 reason = str(batch["skip_reason"][i])
                 if reason:
-                    skipped[reason.split(":")[0]] += 1
+                    skipped[str(batch["split"][i])][reason_code(reason)] += 1
                 else:
                     writers[str(batch["split"][i])].add({k: batch[k][i] for k in batch if k != "skip_reason"})
                 bar.update(1)
-            bar.set_postfix(skipped=sum(skipped.values()))
+            bar.set_postfix(skipped=sum(sum(c.values()) for c in skipped.values()))
         bar.close()
     manifests = {}
     for split, writer in writers.items():
@@ -155,12 +167,20 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
             log.warning("prepare: split '%s' got no usable clip; no shard set written for it", split)
             continue
         extra = {**facts, "split": split, "seed": cfg.prepare.seed, "split_seed": cfg.prepare.split_seed,
-                 "split_fractions": list(cfg.prepare.split_fractions), "skipped": dict(skipped),
+                 "split_fractions": list(cfg.prepare.split_fractions), "skipped_this_run": dict(skipped[split]),
                  "planned_items": sum(r["split"] == split for r in rows),
                  "rendered_this_run": sum(r["split"] == split for r in todo)}
         manifests[split] = writer.close(extra=extra)
         log.info("prepare: %s: %d rows in %d files at %s", split, manifests[split].num_rows,
                  len(manifests[split].files), storage.join(out, split))
-    if skipped:
-        log.info("prepare: skipped %d items: %s", sum(skipped.values()), dict(skipped))
+    for split, counts in skipped.items():
+        if counts:
+            log.info("prepare: %s: skipped %d items: %s", split, sum(counts.values()), dict(counts))
+    if "train" not in manifests:
+        raise ValueError(f"prepare: no usable training clip was produced under {out}; see the skip reasons above")
     return manifests
+
+
+def reason_code(reason: str) -> str:
+    """"silent render (rms 1e-05)" / "too short: 3.1 s ..." -> "silent render" / "too short"."""
+    return reason.split(":")[0].split(" (")[0].strip() or "unknown"

@@ -402,7 +402,7 @@ class ShardWriter:
                 value = float(row[col])
             except (TypeError, ValueError):
                 raise ValueError(f"row '{rid}': {col} is not a number ({row[col]!r})") from None
-            if not math.isfinite(value):
+            if not math.isfinite(value) and not (col == "bpm" and math.isnan(value)):  # NaN bpm = unknown tempo
                 raise ValueError(f"row '{rid}': {col} is {value}")
             out[col] = value
         for col in self.metadata_columns:

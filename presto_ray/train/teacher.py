@@ -43,6 +43,7 @@ def shard_dataset(cfg: PrestoConfig) -> tuple[ray.data.Dataset, LatentStats]:
     from presto_ray.data.reader import training_dataset
     from presto_ray.data.validate import check_against_model
 
+    # TODO(issue 3): draw a new file order per epoch (the worker iterates one dataset today)
     ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=0, on_bad_rows=cfg.data.on_bad_rows)
     check_against_model(manifest, cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens,
                         cfg.model.text_dim)
