@@ -273,11 +273,12 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in, section by section (extra wins)."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -308,7 +309,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(tree, dict):
             raise ConfigError(f"{file}: top level must be a mapping of sections")
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides))
+        tree = deep_merge(tree, parse_overrides(overrides))
         source += " + overrides"
     return config_from_dict(tree, source)
 

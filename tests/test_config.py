@@ -64,3 +64,13 @@ def test_config_round_trips_through_yaml(tmp_path):
     cfg = load_config("small", ["train.steps=7"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_deepspeed_overrides_merge_into_the_generated_config():
+    from presto_ray.runtime import choose_runtime
+    from presto_ray.train.engine import deepspeed_config
+
+    cfg = load_config("tiny", ["train.zero_stage=2", "train.deepspeed={zero_optimization: {overlap_comm: true}}"])
+    ds = deepspeed_config(cfg.train, choose_runtime(False))
+    assert ds["zero_optimization"]["overlap_comm"] is True and ds["zero_optimization"]["stage"] == 2
+    assert ds["train_micro_batch_size_per_gpu"] == cfg.train.batch_size and ds["bf16"]["enabled"] is False

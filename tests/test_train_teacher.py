@@ -20,10 +20,9 @@ from presto_ray.train.teacher_loop import fixed_eval_loss
 
 def _cfg(base, tmp_path, name, **overrides):
     items = [f"run.name={name}", f"run.storage_path={tmp_path}"] + [f"{k}={v}" for k, v in overrides.items()]
-    from presto_ray.config import config_from_dict, parse_overrides
-    from presto_ray.config import _merge  # noqa: PLC2701 (test of the same merge the CLI uses)
+    from presto_ray.config import config_from_dict, deep_merge, parse_overrides
 
-    return config_from_dict(_merge(base.model_dump(mode="json"), parse_overrides(items)))
+    return config_from_dict(deep_merge(base.model_dump(mode="json"), parse_overrides(items)))
 
 
 def _meta(step_dir: Path) -> dict:

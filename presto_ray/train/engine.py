@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from presto_ray.config import TrainConfig
+from presto_ray.config import TrainConfig, deep_merge
 from presto_ray.runtime import Runtime, deepspeed_env
 
 
@@ -40,14 +40,7 @@ def deepspeed_config(train: TrainConfig, runtime: Runtime) -> dict:
         "wall_clock_breakdown": False,
         "checkpoint": {"tag_validation": "Ignore"},
     }
-    return _merge(config, train.deepspeed)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return deep_merge(config, train.deepspeed)
 
 
 def _warmup(warmup_steps: int):

@@ -72,7 +72,8 @@ def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
 def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats) -> TorchTrainer:
     check_dataset(dataset, cfg)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else choose_runtime().is_cuda
-    rows, need = dataset.count(), cfg.train.batch_size * cfg.train.num_workers
+    need = cfg.train.batch_size * cfg.train.num_workers
+    rows = len(dataset.take(need))  # reads only what the check needs (not a full pass over S3)
     if rows < need:
         raise ValueError(f"the training dataset has {rows} rows, fewer than train.batch_size x train.num_workers "
                          f"= {need}: no worker would get a full batch")
