@@ -328,5 +328,10 @@ def resolve_preset(path: str | Path) -> Path:
     raise ConfigError(f"config file '{path}' not found (nor a preset in {PRESET_DIR})")
 
 
+def config_to_yaml(cfg: PrestoConfig) -> str:
+    """The config as the YAML text that :func:`load_config` reads back."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
 def save_config(cfg: PrestoConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    Path(path).write_text(config_to_yaml(cfg))

@@ -35,9 +35,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
@@ -54,7 +52,7 @@ log = logging.getLogger("presto_ray.data")
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PARTS_DIR = "_parts"
-STAGING_DIR = "_staging"
+STAGING_DIR = storage.STAGING_DIR
 CORE_COLUMNS = ("id", "latent", "caption", "text_states", "text_mask", "bpm", "seconds_start", "seconds_total")
 
 
@@ -163,68 +161,10 @@ class Manifest:
                            sigma_data=float(sigma_data))
 
 
-# --- small I/O helpers (retrying, atomic) ---------------------------------------------------------
-
-def read_bytes(uri: str) -> bytes:
-    """The whole object/file at ``uri``; transient S3 errors retried, others name the URI."""
-    fs, path = storage.resolve(uri)
-
-    def read() -> bytes:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-
-    return storage.with_retries(read, uri, what="reading")
-
-
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write ``data`` so that ``uri`` shows either its old state or all of ``data``, never a part:
-    local: temporary name in the same folder + fsync + rename; S3: upload to ``_staging/`` next to
-    it, size check, server-side copy to the final key, delete the staged object."""
-    if not storage.is_remote(uri):
-        path = storage.local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
-    fs, path = storage.resolve(uri)
-    folder, name = path.rsplit("/", 1)
-    staged = f"{folder}/{STAGING_DIR}/{name}.{uuid.uuid4().hex[:12]}"
-
-    def upload() -> None:
-        with fs.open_output_stream(staged) as f:
-            f.write(data)
-        size = fs.get_file_info(staged).size
-        if size != len(data):
-            raise ConnectionError(f"staged upload has {size} bytes, expected {len(data)}")
-
-    storage.with_retries(upload, uri, what="uploading")
-    storage.with_retries(lambda: fs.copy_file(staged, path), uri, what="publishing")
-    try:
-        storage.with_retries(lambda: fs.delete_file(staged), uri, what="removing the staged copy of")
-    except FileNotFoundError:
-        pass
-
-
-def delete_if_present(uri: str) -> None:
-    """Delete the file/object at ``uri`` if it exists (retrying transient errors)."""
-    fs, path = storage.resolve(uri)
-    try:
-        storage.with_retries(lambda: fs.delete_file(path), uri, what="deleting")
-    except FileNotFoundError:
-        pass
-
-
 def read_manifest(uri: str) -> Manifest:
     """The Manifest of the shard folder ``uri``; FileNotFoundError / ValueError name the URI."""
     murl = storage.join(uri, MANIFEST_NAME)
-    text = read_bytes(murl).decode("utf-8", errors="replace")
+    text = storage.read_bytes(murl).decode("utf-8", errors="replace")
     try:
         return Manifest.from_json(text)
     except ValueError as exc:
@@ -247,7 +187,7 @@ def _completed_parts(uri: str, identity: dict | None, verify: bool) -> dict[str,
         if not side.endswith(".parquet.json"):
             continue
         try:
-            info = json.loads(read_bytes(storage.join(uri, PARTS_DIR, side)))
+            info = json.loads(storage.read_bytes(storage.join(uri, PARTS_DIR, side)))
             name = info["name"]
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable sidecar %s/%s/%s", uri, PARTS_DIR, side)
@@ -256,7 +196,7 @@ def _completed_parts(uri: str, identity: dict | None, verify: bool) -> dict[str,
             continue
         if name not in files or files[name].size != info["bytes"]:
             continue
-        if verify and hashlib.sha256(read_bytes(storage.join(uri, name))).hexdigest() != info["sha256"]:
+        if verify and hashlib.sha256(storage.read_bytes(storage.join(uri, name))).hexdigest() != info["sha256"]:
             log.warning("shard %s/%s does not match its recorded sha256; it will be rewritten", uri, name)
             continue
         parts[name] = info
@@ -321,7 +261,7 @@ class ShardWriter:
                 keys = sorted(k for k in self.identity if (info.get("identity") or {}).get(k) != self.identity[k])
                 raise ValueError(f"{self.uri} already holds {name} written with different {keys}; "
                                  "write to a new folder or delete the old shards")
-        delete_if_present(storage.join(self.uri, MANIFEST_NAME))  # the file set is about to change
+        storage.delete_if_present(storage.join(self.uri, MANIFEST_NAME))  # the file set is about to change
         self._id_file = {rid: name for name, info in self._parts.items() for rid in info["ids"]}
         self._remove_leftovers()
         if self._parts:
@@ -352,15 +292,15 @@ class ShardWriter:
             tmp = name.startswith(f".{self.prefix}-") and ".tmp-" in name
             if tmp or (self._own(name) and name not in self._parts):
                 log.info("removing unfinished %s/%s", self.uri, name)
-                delete_if_present(storage.join(self.uri, name))
+                storage.delete_if_present(storage.join(self.uri, name))
         for name in _file_infos(self.uri, PARTS_DIR):
             tmp = name.startswith(f".{self.prefix}-") and ".tmp-" in name
             if tmp or (self._own(name.removesuffix(".json")) and name.removesuffix(".json") not in self._parts):
-                delete_if_present(storage.join(self.uri, PARTS_DIR, name))
+                storage.delete_if_present(storage.join(self.uri, PARTS_DIR, name))
         for staging in (STAGING_DIR, f"{PARTS_DIR}/{STAGING_DIR}"):
             for name in _file_infos(self.uri, staging):
                 if name.startswith(f"{self.prefix}-"):
-                    delete_if_present(storage.join(self.uri, staging, name))
+                    storage.delete_if_present(storage.join(self.uri, staging, name))
 
     # rows in
     def check_row(self, row: dict) -> dict:
@@ -475,8 +415,8 @@ class ShardWriter:
         info = {"name": name, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                 "ids": [r["id"] for r in rows], "channel_sum": lat64.sum(axis=(0, 2)).tolist(),
                 "channel_sumsq": np.square(lat64).sum(axis=(0, 2)).tolist(), "identity": self.identity}
-        write_bytes_atomic(storage.join(self.uri, name), data)  # the shard first, its sidecar after
-        write_bytes_atomic(storage.join(self.uri, PARTS_DIR, f"{name}.json"), json.dumps(info).encode())
+        storage.write_bytes_atomic(storage.join(self.uri, name), data)  # the shard first, its sidecar after
+        storage.write_bytes_atomic(storage.join(self.uri, PARTS_DIR, f"{name}.json"), json.dumps(info).encode())
         self._parts[name] = info
         self._id_file.update({r["id"]: name for r in rows})
         log.info("wrote %s/%s (%d rows, %d bytes)", self.uri, name, len(rows), len(data))
@@ -522,6 +462,6 @@ def write_manifest(uri: str, *, identity: dict, extra: dict | None = None, verif
                         latent_mean=mean.tolist(), latent_std=std.tolist(), num_rows=rows,
                         files=[ShardFile(n, parts[n]["rows"], parts[n]["bytes"], parts[n]["sha256"]) for n in names],
                         metadata_columns=list(identity.get("metadata_columns", [])), extra=dict(extra or {}))
-    write_bytes_atomic(storage.join(uri, MANIFEST_NAME), manifest.to_json().encode())
+    storage.write_bytes_atomic(storage.join(uri, MANIFEST_NAME), manifest.to_json().encode())
     log.info("wrote %s/%s: %d files, %d rows", uri, MANIFEST_NAME, len(names), rows)
     return manifest

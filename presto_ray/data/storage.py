@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
@@ -76,20 +77,6 @@ def fetch_dir(uri: str, into: Path) -> Path:
     return into
 
 
-def write_text(uri: str, text: str) -> None:
-    """Write a small text file (local or object storage); local writes are atomic (temp + rename)."""
-    if not is_remote(uri):
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        return
-    fs, path = resolve(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
 # --- retries for object-storage calls -------------------------------------------------------------
 
 log = logging.getLogger("presto_ray.data")
@@ -150,3 +137,64 @@ def with_retries(fn: Callable[[], T], uri: str, *, what: str, attempts: int | No
             note = f" after {attempts} attempts" if transient else ""
             raise kind(f"{what} '{uri}' failed{note}: {redact(str(exc))}") from exc
     raise AssertionError("unreachable")
+
+
+# --- small I/O helpers (retrying, atomic) ---------------------------------------------------------
+
+STAGING_DIR = "_staging"  # S3 uploads land here first, then a server-side copy publishes them
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object/file at ``uri``; transient S3 errors retried, others name the URI."""
+    fs, path = resolve(uri)
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return with_retries(read, uri, what="reading")
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so that ``uri`` shows either its old state or all of ``data``, never a part:
+    local: temporary name in the same folder + fsync + rename; S3: upload to ``_staging/`` next to
+    it, size check, server-side copy to the final key, delete the staged object."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path = resolve(uri)
+    folder, name = path.rsplit("/", 1)
+    staged = f"{folder}/{STAGING_DIR}/{name}.{uuid.uuid4().hex[:12]}"
+
+    def upload() -> None:
+        with fs.open_output_stream(staged) as f:
+            f.write(data)
+        size = fs.get_file_info(staged).size
+        if size != len(data):
+            raise ConnectionError(f"staged upload has {size} bytes, expected {len(data)}")
+
+    with_retries(upload, uri, what="uploading")
+    with_retries(lambda: fs.copy_file(staged, path), uri, what="publishing")
+    try:
+        with_retries(lambda: fs.delete_file(staged), uri, what="removing the staged copy of")
+    except FileNotFoundError:
+        pass
+
+
+def delete_if_present(uri: str) -> None:
+    """Delete the file/object at ``uri`` if it exists (retrying transient errors)."""
+    fs, path = resolve(uri)
+    try:
+        with_retries(lambda: fs.delete_file(path), uri, what="deleting")
+    except FileNotFoundError:
+        pass

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from presto_ray.data import storage
-from presto_ray.data.shards import MANIFEST_NAME, Manifest, read_bytes, read_manifest, stats_from_sums
+from presto_ray.data.shards import MANIFEST_NAME, Manifest, read_manifest, stats_from_sums
 
 __all__ = ["Manifest", "ShardValidationError", "validate_shards", "check_against_model"]
 
@@ -79,7 +79,7 @@ def validate_shards(uri: str, *, check_rows: bool = True, max_problems: int = 10
     for entry in manifest.files:
         name = entry.name
         try:
-            data = read_bytes(storage.join(uri, name))
+            data = storage.read_bytes(storage.join(uri, name))
         except FileNotFoundError:
             problems.append(f"{name}: listed in {MANIFEST_NAME} but missing")
             continue

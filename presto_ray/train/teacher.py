@@ -7,12 +7,11 @@ import logging
 
 import numpy as np
 import ray
-import yaml
 import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from presto_ray.config import PrestoConfig
+from presto_ray.config import PrestoConfig, config_to_yaml
 from presto_ray.data import storage
 from presto_ray.data.batch import TRAIN_COLUMNS, stack_rows
 from presto_ray.data.stats import LatentStats
@@ -83,7 +82,7 @@ def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: L
     run_uri = storage.join(base, cfg.run.name)
     fs, storage_path = storage.resolve(cfg.run.storage_path)
     fs.create_dir(storage.resolve(run_uri)[1], recursive=True)
-    storage.write_text(storage.join(run_uri, "config.yaml"), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    storage.write_bytes_atomic(storage.join(run_uri, "config.yaml"), config_to_yaml(cfg).encode())
     return TorchTrainer(
         teacher_worker,
         train_loop_config={
