@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 PENDING = {
-    "distill": "issue #4 (Presto-S, Presto-L, Presto-LS and baselines)",
     "evaluate": "issue #5 (FAD, MMD, diversity, prompt adherence)",
     "benchmark": "issue #5 (latency side by side)",
     "report": "issue #5 (report.html)",
@@ -35,6 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-teacher", help="train the EDM teacher on Ray Train + DeepSpeed (resumes by run name)")
     _config_args(p)
     p.add_argument("--run-name", help="overrides run.name")
+    p.add_argument("--storage-path", help="overrides run.storage_path (local path, file:// or s3://)")
+
+    p = sub.add_parser("distill", help="distil the teacher: presto-s, presto-l, presto-ls or a baseline (resumes by run name)",
+                       description="Distil a trained teacher into a few-step (presto-s, dmd2, cd), shallower "
+                                   "(presto-l, ase) or both (presto-ls: give --init, a presto-l run) student. "
+                                   "The student's export (generator.safetensors + config with its sampler "
+                                   "defaults and budget schedule) lands in every checkpoint's export/.")
+    _config_args(p)
+    p.add_argument("--method", choices=["presto-s", "presto-l", "presto-ls", "dmd2", "ase", "cd"],
+                   help="overrides distill.method (default presto-s)")
+    p.add_argument("--teacher", help="overrides distill.teacher: the teacher's run, step or export folder")
+    p.add_argument("--init", help="overrides distill.init: the presto-l run/export presto-ls starts from")
+    p.add_argument("--run-name", help="overrides run.name (default: the method's name)")
     p.add_argument("--storage-path", help="overrides run.storage_path (local path, file:// or s3://)")
 
     p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
@@ -89,6 +101,20 @@ def cmd_train_teacher(args) -> int:
 
     cfg = _load(args)
     result = train_teacher(cfg, address=args.address)
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from presto_ray.train.distill import distill
+
+    for key, value in (("distill.method", args.method), ("distill.teacher", args.teacher), ("distill.init", args.init)):
+        if value:
+            args.overrides.append(f"{key}={value}")
+    if not args.run_name and not any(o.startswith("run.name=") for o in args.overrides):
+        args.run_name = args.method or next((o.split("=", 1)[1] for o in args.overrides
+                                             if o.startswith("distill.method=")), "presto-s")
+    result = distill(_load(args), address=args.address)
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     return 0
 
@@ -158,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
-    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "generate": cmd_generate, "export": cmd_export,
+    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "generate": cmd_generate, "export": cmd_export,
                "quickstart": cmd_quickstart}[args.command]
     t0 = time.perf_counter()
     try:

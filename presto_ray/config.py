@@ -202,6 +202,105 @@ class TrainConfig(_Section):
         return self
 
 
+class RoleConfig(_Section):
+    """Optimiser and DeepSpeed settings of one trained role in ``distill`` (generator or
+    guidance). Unset fields (None) take the value from ``train``."""
+
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    warmup_steps: int | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    deepspeed: dict[str, Any] = {}
+
+    def apply_to(self, train: "TrainConfig") -> "TrainConfig":
+        """``train`` with this role's settings in place of the shared ones."""
+        update = {k: v for k, v in self.model_dump().items() if v is not None and k != "deepspeed"}
+        update["deepspeed"] = deep_merge(train.deepspeed, self.deepspeed)
+        return train.model_copy(update=update)
+
+
+class BudgetScheduleConfig(_Section):
+    """Presto-L inference schedule sigma -> layer budget, piecewise constant: a sample at noise
+    level sigma runs ``budgets[i]`` blocks where ``edges[i-1] <= sigma < edges[i]`` (edges
+    ascending, one fewer than budgets). Empty = full depth everywhere."""
+
+    edges: list[float] = []
+    budgets: list[int] = []
+
+    @model_validator(mode="after")
+    def _shape(self) -> "BudgetScheduleConfig":
+        if self.budgets and len(self.edges) != len(self.budgets) - 1:
+            raise ValueError(f"a budget schedule needs len(edges) = len(budgets) - 1, got "
+                             f"{len(self.edges)} edges and {len(self.budgets)} budgets")
+        if not self.budgets and self.edges:
+            raise ValueError("a budget schedule with edges needs budgets")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])) or any(e <= 0 for e in self.edges):
+            raise ValueError(f"budget schedule edges must be positive and increasing, got {self.edges}")
+        if any(b <= 0 for b in self.budgets):
+            raise ValueError(f"budgets must be positive, got {self.budgets}")
+        return self
+
+
+class DistillConfig(_Section):
+    """``distill``: Presto-S / Presto-L / Presto-LS and the baselines (METHOD.md sections 2-5).
+
+    The four Presto-S noise distributions are independent; ``dmd2`` replaces them all with
+    ``dmd2_noise`` and draws generator levels from ``gen_sigmas``; ``ase`` and ``presto-l`` share
+    the layer-dropping fields; ``cd`` uses the teacher's Heun step over ``cd_steps`` Karras levels.
+    """
+
+    method: Literal["presto-s", "presto-l", "presto-ls", "dmd2", "ase", "cd"] = "presto-s"
+    teacher: str | None = None  # the teacher: an export, step or run folder (local or s3://)
+    init: str | None = None  # presto-ls: the Presto-L run/export the generator starts from
+    # --- Presto-S (and dmd2)
+    p_gen: NoiseConfig = NoiseConfig(kind="inference")
+    p_dmd: NoiseConfig = NoiseConfig(kind="train")
+    p_dsm: NoiseConfig = NoiseConfig(kind="train")
+    p_gan: NoiseConfig = NoiseConfig(kind="train")
+    w_real: float = 4.0  # CFG scale of the real score
+    nu1: float = 0.01  # generator adversarial weight
+    nu2: float = 0.01  # discriminator weight in the guidance loss
+    ttur: int = 5  # guidance updates per generator update
+    gan_loss: Literal["lsgan", "nonsaturating"] = "lsgan"
+    disc_block: int | None = None  # fake-score block the discriminator reads; None = middle
+    disc_width: int = 64
+    backward_simulation: bool = False  # DMD2: generator inputs from its own multi-step samples
+    dmd2_noise: NoiseConfig = NoiseConfig(kind="inference")
+    gen_sigmas: list[float] | None = None  # dmd2 generator levels; None = the student's Karras levels
+    fake_from_init: bool = False  # presto-ls: fake score starts from the Presto-L model (else teacher)
+    # --- Presto-L (and ase)
+    p_layer: NoiseConfig = NoiseConfig(kind="train")
+    keep_last: int = 1
+    min_budget: int | None = None  # lowest budget drawn in training; None = the lowest allowed
+    dsm_weight: float = 0.0  # presto-l: plain DSM added to the self-teacher loss
+    budget_schedule: BudgetScheduleConfig = BudgetScheduleConfig()
+    # --- cd
+    cd_steps: int = 18
+    cd_ema: float = 0.95
+    # --- the student's sampler (stored with the export)
+    student_steps: int = 4
+    student_rho: float = 7.0
+    # --- per-role optimisers
+    generator: RoleConfig = RoleConfig(lr=2e-5)
+    guidance: RoleConfig = RoleConfig(lr=2e-5)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DistillConfig":
+        if self.ttur < 1:
+            raise ValueError(f"ttur must be >= 1, got {self.ttur}")
+        if self.cd_steps < 2:
+            raise ValueError(f"cd_steps must be >= 2, got {self.cd_steps}")
+        if not 0.0 <= self.cd_ema < 1.0:
+            raise ValueError(f"cd_ema must be in [0, 1), got {self.cd_ema}")
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
+        if self.gen_sigmas is not None and (not self.gen_sigmas or min(self.gen_sigmas) <= 0):
+            raise ValueError(f"gen_sigmas must be positive noise levels, got {self.gen_sigmas}")
+        return self
+
+
 class RunConfig(_Section):
     """Run identity: checkpoints live under ``<storage_path>/<name>/``; relaunching the same
     name resumes."""
@@ -221,6 +320,7 @@ class PrestoConfig(_Section):
     data: DataConfig = DataConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")

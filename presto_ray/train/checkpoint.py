@@ -91,6 +91,12 @@ def restore(roles: list[RoleEngine], *, rank: int, world_size: int, generator: t
     with checkpoint.as_directory() as tmp:
         folder = Path(tmp)
         meta = json.loads((folder / "meta.json").read_text())
+        names = [r.name for r in roles]
+        if meta.get("roles") != names:
+            raise RuntimeError(
+                f"checkpoint {checkpoint.path} holds roles {meta.get('roles')}, this run trains {names}: "
+                "it belongs to another kind of run; choose another run.name"
+            )
         if meta["world_size"] != world_size and any(r.zero_stage > 0 for r in roles):
             raise RuntimeError(
                 f"checkpoint {checkpoint.path} was written by {meta['world_size']} workers with ZeRO "

@@ -1,6 +1,6 @@
 """One DeepSpeed engine per trained role.
 
-Each role (teacher; later generator and guidance) gets its own config dict (ZeRO stage, precision,
+Each role (teacher; generator and guidance in ``distill``) gets its own config dict (ZeRO stage, precision,
 clipping) and its own torch AdamW optimizer, so one engine's backward never reaches another's
 parameters. Checkpoints are read back without unpickling arbitrary objects: DeepSpeed's loader is
 replaced by one that calls ``torch.load(weights_only=True)`` with an allow-list of the few plain
@@ -60,6 +60,20 @@ class RoleEngine:
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module
+
+    def __call__(self, *args, **kw):
+        """Forward through the engine (ZeRO-3 gathers the parameters it needs)."""
+        return self.engine(*args, **kw)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float | None:
+        """Clip, optimiser step, zero gradients; returns the global gradient norm when DeepSpeed
+        measured one."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else None
 
     @property
     def zero_stage(self) -> int:

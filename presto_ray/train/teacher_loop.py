@@ -21,9 +21,10 @@ from presto_ray.edm import EDMLoss, EDMPrecond, make_noise
 from presto_ray.edm.loss import denoising_loss
 from presto_ray.models.dit import DiT1D
 from presto_ray.runtime import choose_runtime
+from presto_ray.train.batches import epoch_batches
 from presto_ray.train.checkpoint import TrainState, restore, save_and_report
 from presto_ray.train.ema import EMA
-from presto_ray.train.engine import RoleEngine, build_engine, weights_digest
+from presto_ray.train.engine import build_engine, weights_digest
 from presto_ray.train.export import write_export
 from presto_ray.train.guard import NonFiniteGuard
 from presto_ray.train.logbook import Logbook, Progress
@@ -88,74 +89,54 @@ def teacher_worker(loop_config: dict) -> None:
         if book is not None:
             book.flush()
 
-    shard = ray.train.get_dataset_shard("train")
+    batches = epoch_batches(ray.train.get_dataset_shard("train"), cfg, state, rank, runtime.device)
     window_loss, window_n, data_wait, t0 = 0.0, 0, 0.0, time.perf_counter()
     while state.step < cfg.train.steps:
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size, drop_last=True, device=runtime.device,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            local_shuffle_seed=cfg.train.seed + 7919 * state.epoch + rank,
-        )
         t_wait = time.perf_counter()
-        seen = 0
-        for batch in batches:
-            seen += 1
-            if seen <= state.batch_in_epoch:  # resumed mid-epoch: skip what was trained on
-                t_wait = time.perf_counter()
-                continue
-            state.batch_in_epoch = seen
-            data_wait += time.perf_counter() - t_wait
-            x0, cond = batch_to_inputs(batch, stats, runtime.device)
-            cond = cond.drop(cfg.edm.p_uncond, generator=generator).drop_bpm(cfg.edm.p_uncond_bpm, generator)
-            with runtime.autocast():
-                loss, _ = loss_fn(role.engine, x0, cond, generator=generator)
-            loss = loss.float().mean()
-            if not guard.allows(loss, state.step):
-                log.warning("rank %d: non-finite loss at step %d, update skipped (%d skipped so far)",
-                            rank, state.step, guard.skipped)
-                t_wait = time.perf_counter()
-                continue
-            role.engine.backward(loss)
-            role.engine.step()
-            if ema is not None:
-                ema.update(role)
-            state.step += 1
-            state.skipped = guard.skipped
-            window_loss, window_n = window_loss + loss.item(), window_n + 1
+        batch = next(batches)
+        data_wait += time.perf_counter() - t_wait
+        x0, cond = batch_to_inputs(batch, stats, runtime.device)
+        cond = cond.drop(cfg.edm.p_uncond, generator=generator).drop_bpm(cfg.edm.p_uncond_bpm, generator)
+        with runtime.autocast():
+            loss, _ = loss_fn(role.engine, x0, cond, generator=generator)
+        loss = loss.float().mean()
+        if not guard.allows(loss, state.step):
+            log.warning("rank %d: non-finite loss at step %d, update skipped (%d skipped so far)",
+                        rank, state.step, guard.skipped)
+            continue
+        role.engine.backward(loss)
+        role.engine.step()
+        if ema is not None:
+            ema.update(role)
+        state.step += 1
+        state.skipped = guard.skipped
+        window_loss, window_n = window_loss + loss.item(), window_n + 1
 
-            metrics: dict = {}
-            last = state.step >= cfg.train.steps
-            if state.step % cfg.train.eval_every == 0 or last:
-                metrics.update(fixed_eval_loss(role.engine, eval_x0, eval_cond, cfg.train.eval_sigmas,
-                                               cfg.edm.sigma_data, cfg.train.seed))
-            if state.step % cfg.train.log_every == 0 or last:
-                elapsed = time.perf_counter() - t0
-                metrics.update({"step": state.step, "epoch": state.epoch, "loss": window_loss / window_n,
-                                "lr": role.engine.get_lr()[0], "skipped_nonfinite": guard.skipped,
-                                "steps_per_s": window_n / elapsed, "data_wait_frac": data_wait / elapsed})
-                window_loss, window_n, data_wait, t0 = 0.0, 0, 0.0, time.perf_counter()
-                if book is not None:
-                    book.log(state.step, metrics)
-                    log.info("%s %s", progress.line(state.step), " ".join(
-                        f"{k}={metrics[k]:.4g}" for k in ("loss", "eval_loss", "lr", "data_wait_frac") if k in metrics))
-            # ray.train.report is a barrier with the Train controller (~1 s on a small machine):
-            # report at checkpoints and evaluations only; logs and TensorBoard carry the rest.
-            metrics.setdefault("step", state.step)
-            if state.step % cfg.train.checkpoint_every == 0 or last:
-                # collectives first, on every rank; rank 0 then writes the files
-                state.extra["weights_sha256"] = weights_digest(role)
-                weights = ema.state_dict() if ema is not None else role.full_fp32_state()
-                save_and_report(metrics, [role], state, cfg, rank=rank, world_size=world, generator=generator,
-                                write_rank0=lambda folder: write_rank0(folder, weights))
-            elif "eval_loss" in metrics:
-                ray.train.report(metrics)
-            if last:
-                break
-            t_wait = time.perf_counter()
-        if seen == 0:
-            raise RuntimeError(f"rank {rank}: an epoch yielded no batch of {cfg.train.batch_size} rows; "
-                               "the dataset is smaller than train.batch_size x train.num_workers")
-        state.epoch += 1
-        state.batch_in_epoch = 0
+        metrics: dict = {}
+        last = state.step >= cfg.train.steps
+        if state.step % cfg.train.eval_every == 0 or last:
+            metrics.update(fixed_eval_loss(role.engine, eval_x0, eval_cond, cfg.train.eval_sigmas,
+                                           cfg.edm.sigma_data, cfg.train.seed))
+        if state.step % cfg.train.log_every == 0 or last:
+            elapsed = time.perf_counter() - t0
+            metrics.update({"step": state.step, "epoch": state.epoch, "loss": window_loss / window_n,
+                            "lr": role.engine.get_lr()[0], "skipped_nonfinite": guard.skipped,
+                            "steps_per_s": window_n / elapsed, "data_wait_frac": data_wait / elapsed})
+            window_loss, window_n, data_wait, t0 = 0.0, 0, 0.0, time.perf_counter()
+            if book is not None:
+                book.log(state.step, metrics)
+                log.info("%s %s", progress.line(state.step), " ".join(
+                    f"{k}={metrics[k]:.4g}" for k in ("loss", "eval_loss", "lr", "data_wait_frac") if k in metrics))
+        # ray.train.report is a barrier with the Train controller (~1 s on a small machine):
+        # report at checkpoints and evaluations only; logs and TensorBoard carry the rest.
+        metrics.setdefault("step", state.step)
+        if state.step % cfg.train.checkpoint_every == 0 or last:
+            # collectives first, on every rank; rank 0 then writes the files
+            state.extra["weights_sha256"] = weights_digest(role)
+            weights = ema.state_dict() if ema is not None else role.full_fp32_state()
+            save_and_report(metrics, [role], state, cfg, rank=rank, world_size=world, generator=generator,
+                            write_rank0=lambda folder: write_rank0(folder, weights))
+        elif "eval_loss" in metrics:
+            ray.train.report(metrics)
     if book is not None:
         book.close()

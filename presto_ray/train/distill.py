@@ -1,0 +1,74 @@
+"""``distill``: Presto-S / Presto-L / Presto-LS and the baselines under Ray Train + DeepSpeed.
+
+The driver loads the teacher's export (and, for presto-ls, the Presto-L student's), resolves the
+student's config from it, puts the weights in the Ray object store and launches the workers of
+:mod:`presto_ray.train.distill_loop`. Relaunching with the same run name resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import ray
+
+from presto_ray.config import PrestoConfig
+from presto_ray.data import storage
+from presto_ray.distill.networks import resolve_config
+from presto_ray.train.cluster import ensure_ray
+from presto_ray.train.distill_loop import distill_worker
+from presto_ray.train.export import Exported, load_export
+from presto_ray.train.teacher import shard_dataset, tone_dataset
+from presto_ray.train.trainer import build_trainer, run_uri
+
+log = logging.getLogger("presto_ray.distill")
+
+
+def load_run_export(uri: str, role: str, what: str) -> tuple[Exported, dict]:
+    """An export (or step / run folder) at ``uri``, local or remote: (export, state dict of ``role``)."""
+    with tempfile.TemporaryDirectory(prefix="presto-teacher-") as tmp:
+        exported = load_export(storage.fetch_dir(uri, Path(tmp)))
+        if role not in exported.roles:
+            raise ValueError(f"{what} '{uri}' has no '{role}' weights (roles: {sorted(exported.roles)})")
+        return exported, exported.state_dict(role)
+
+
+def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, dict | None]:
+    """Load teacher (and init) weights; returns (resolved config, teacher export, teacher
+    state dict, init state dict or None)."""
+    d = cfg.distill
+    if not d.teacher:
+        raise ValueError("distill needs distill.teacher (or --teacher): the teacher's run, step or export folder")
+    teacher, teacher_state = load_run_export(d.teacher, "teacher", "distill.teacher")
+    init_cfg, init_state = None, None
+    if d.method == "presto-ls":
+        if not d.init:
+            raise ValueError("presto-ls needs distill.init (or --init): the Presto-L run or export to start from")
+        init, init_state = load_run_export(d.init, "generator", "distill.init")
+        if init.cfg.distill.method != "presto-l":
+            raise ValueError(f"distill.init '{d.init}' was made by method '{init.cfg.distill.method}', not presto-l")
+        init_cfg = init.cfg
+    resolved = resolve_config(cfg, teacher.cfg, init_cfg)
+    teacher_loc = (d.teacher if storage.is_remote(d.teacher) else str(storage.local_path(d.teacher))).rstrip("/")
+    run_loc = run_uri(resolved)
+    if teacher_loc == run_loc or teacher_loc.startswith(run_loc + "/"):
+        raise ValueError(f"run '{resolved.run.name}' would write into the teacher's run folder; choose another run.name")
+    return resolved, teacher, teacher_state, init_state
+
+
+def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, address: str | None = None):
+    """Distil (or resume) the student of ``cfg.distill.method``; returns the Ray Train ``Result``."""
+    ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
+    cfg, teacher, teacher_state, init_state = prepare_distill(cfg)
+    if dataset is None:
+        dataset, _ = shard_dataset(cfg) if cfg.data.source == "shards" else tone_dataset(cfg)
+    extra = {"teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model.model_dump(mode="json"),
+             "init": ray.put(init_state) if init_state is not None else None}
+    log.info("distill %s: teacher %s (step %d), %d workers, %d steps", cfg.distill.method, cfg.distill.teacher,
+             teacher.step, cfg.train.num_workers, cfg.train.steps)
+    # the student normalises latents exactly as its teacher was trained
+    result = build_trainer(distill_worker, cfg, dataset, teacher.stats, extra).fit()
+    log.info("distill run '%s' finished; latest checkpoint: %s", cfg.run.name,
+             result.checkpoint.path if result.checkpoint else None)
+    return result

@@ -1,0 +1,80 @@
+"""The Ray Train ``TorchTrainer`` every training command builds: the dataset check, the run folder
+(with config.yaml), scaling, the collective backend, failure handling and checkpoint retention."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ray.data
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from presto_ray.config import PrestoConfig, config_to_yaml
+from presto_ray.data import storage
+from presto_ray.data.batch import TRAIN_COLUMNS, stack_rows
+from presto_ray.data.stats import LatentStats
+from presto_ray.runtime import choose_runtime
+
+
+def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
+    """Check one row against the model config; returns it. Errors name the column."""
+    import numpy as np
+
+    row = ds.take(1)
+    if not row:
+        raise ValueError("the training dataset is empty")
+    row = row[0]
+    missing = [c for c in TRAIN_COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"training dataset lacks columns {missing} (has {sorted(row)})")
+    want = {"latent": (cfg.model.latent_channels, cfg.model.latent_frames),
+            "text_states": (cfg.text.max_tokens, cfg.model.text_dim), "text_mask": (cfg.text.max_tokens,)}
+    for col, shape in want.items():
+        got = tuple(np.asarray(row[col]).shape)
+        if got != shape:
+            raise ValueError(f"column '{col}' has shape {got}, the config expects {shape} "
+                             "(model.latent_channels / model.latent_frames / text.max_tokens / model.text_dim)")
+    return row
+
+
+def run_uri(cfg: PrestoConfig) -> str:
+    """Absolute location of the run folder (Ray Train changes each worker's working directory)."""
+    base = cfg.run.storage_path if storage.is_remote(cfg.run.storage_path) else str(storage.local_path(cfg.run.storage_path))
+    return storage.join(base, cfg.run.name)
+
+
+def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ray.data.Dataset,
+                  stats: LatentStats, extra: dict | None = None) -> TorchTrainer:
+    """A TorchTrainer running ``worker(loop_config)`` on ``cfg.train.num_workers`` workers.
+
+    loop_config holds config (dict), latent_stats (dict), eval_batch (column -> array), run_uri
+    and ``extra``. The run folder gets config.yaml; a relaunch with the same run name resumes."""
+    check_dataset(dataset, cfg)
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else choose_runtime().is_cuda
+    need = cfg.train.batch_size * cfg.train.num_workers
+    rows = len(dataset.take(need))  # reads only what the check needs (not a full pass over S3)
+    if rows < need:
+        raise ValueError(f"the training dataset has {rows} rows, fewer than train.batch_size x train.num_workers "
+                         f"= {need}: no worker would get a full batch")
+    eval_rows = dataset.take(cfg.train.eval_batch)
+    uri = run_uri(cfg)
+    fs, storage_path = storage.resolve(cfg.run.storage_path)
+    fs.create_dir(storage.resolve(uri)[1], recursive=True)
+    storage.write_bytes_atomic(storage.join(uri, "config.yaml"), config_to_yaml(cfg).encode())
+    return TorchTrainer(
+        worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"), "latent_stats": stats.to_dict(),
+            "eval_batch": stack_rows(eval_rows), "run_uri": uri, **(extra or {}),
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=storage_path,
+            storage_filesystem=fs if storage.is_remote(cfg.run.storage_path) else None,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+        datasets={"train": dataset.select_columns(TRAIN_COLUMNS)},
+    )
