@@ -65,9 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="length (default: the training clip length)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of the first prompt; later prompts count up (file seeds are offset by it)")
-    p.add_argument("--steps", type=int, help="sampler steps (default from the checkpoint's config)")
+    p.add_argument("--steps", type=int,
+                   help="sampler steps (default from the checkpoint: sampler.steps for the teacher and layer "
+                        "students, distill.student_steps for few-step students)")
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (teacher)")
-    p.add_argument("--role", default="teacher", help="exported role to sample (default teacher)")
+    p.add_argument("--role", default="auto",
+                   help="exported role to sample: auto (the distilled generator if present, else teacher), "
+                        "teacher or generator")
+    p.add_argument("--budget-schedule", metavar="JSON",
+                   help='replace the layer-budget schedule, e.g. \'{"edges": [0.5, 5], "budgets": [6, 4, 3]}\' '
+                        "(sigma bin edges ascending; budgets per bin)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default="generated", help="output folder for WAV files")
 
@@ -147,7 +154,10 @@ def cmd_generate(args) -> int:
     if not prompts:
         print("presto-ray generate: give --prompt TEXT or --prompts-file FILE", file=sys.stderr)
         return 2
-    paths = generate_files(args.checkpoint, prompts, args.out, role=args.role, steps=args.steps,
+    from presto_ray.distill.budget import BudgetSchedule
+
+    schedule = BudgetSchedule.parse(args.budget_schedule) if args.budget_schedule else None
+    paths = generate_files(args.checkpoint, prompts, args.out, role=args.role, budget_schedule=schedule, steps=args.steps,
                            cfg_scale=args.cfg_scale, batch_size=args.batch_size)
     for p in paths:
         print(p)

@@ -1,7 +1,11 @@
 """``generate``: prompts -> WAV files from an exported (or checkpointed) model.
 
-Stages: text encoding -> sampling in latent space (teacher: Heun/Euler with CFG; student:
-ping-pong) -> de-normalisation with the dataset statistics -> codec decode.
+Stages: text encoding -> sampling in latent space -> de-normalisation with the dataset
+statistics -> codec decode. The sampler follows the exported role: the teacher and layer-dropped
+students (presto-l, ase) use Heun/Euler with CFG, the latter under their sigma -> budget schedule;
+few-step students (presto-s, presto-ls, dmd2, cd) use ping-pong without CFG at
+``distill.student_steps`` steps (presto-ls under its schedule). ``--steps`` and a replacement
+budget schedule may be given at inference.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import soundfile as sf
 import torch
 
 from presto_ray.data import storage
+from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser
+from presto_ray.distill.networks import LAYER_METHODS
 from presto_ray.edm import ClassifierFreeGuidance, EDMPrecond, karras_sigmas, sample_pingpong, sample_teacher
 from presto_ray.models.codec import load_codec
 from presto_ray.models.cond import Cond
@@ -68,11 +74,17 @@ def load_prompts(path: str | Path) -> list[Prompt]:
 class MusicGenerator:
     """Loads one exported role and turns prompts into waveforms."""
 
-    def __init__(self, checkpoint: str, role: str = "teacher", runtime: Runtime | None = None):
+    def __init__(self, checkpoint: str, role: str = "auto", runtime: Runtime | None = None,
+                 budget_schedule: BudgetSchedule | None = None):
+        """checkpoint: export, step or run folder (local or s3://); role: "auto" (the student
+        ``generator`` when the export has one, else ``teacher``) or a role name; budget_schedule:
+        replaces the exported sigma -> budget schedule (layer-dropping students)."""
         self.runtime = runtime or choose_runtime()
         self._tmp = tempfile.TemporaryDirectory(prefix="presto-export-") if storage.is_remote(checkpoint) else None
         local = storage.fetch_dir(checkpoint, Path(self._tmp.name) if self._tmp else Path("."))
         self.export: Exported = load_export(local)
+        if role == "auto":
+            role = "generator" if "generator" in self.export.roles else "teacher"
         cfg = self.export.cfg
         net = DiT1D(cfg.model)
         self.denoiser = EDMPrecond(net, cfg.edm.sigma_data)
@@ -84,6 +96,18 @@ class MusicGenerator:
         self.codec = load_codec(cfg.codec)
         self.text = load_text_encoder(cfg.text, device=self.runtime.device)
         self.role = role
+        self.schedule = budget_schedule or BudgetSchedule.from_config(cfg.distill.budget_schedule)
+        if role == "teacher":
+            self.schedule = budget_schedule or BudgetSchedule([], [])
+        lowest = max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1
+        self.schedule.validate(cfg.model.depth, lowest)
+
+    @property
+    def sampler(self) -> str:
+        """"pingpong" for few-step students, else "teacher" (Heun/Euler with CFG)."""
+        if self.role == "generator" and self.export.cfg.distill.method not in LAYER_METHODS:
+            return "pingpong"
+        return "teacher"
 
     @property
     def sample_rate(self) -> int:
@@ -103,8 +127,9 @@ class MusicGenerator:
 
     @torch.no_grad()
     def sample_latents(self, prompts: list[Prompt], *, steps: int | None = None, cfg_scale: float | None = None,
-                       sampler: str = "teacher", progress: bool = False, **sampler_kw) -> torch.Tensor:
-        """Prompts of equal length -> normalised latents [B, C, T]."""
+                       sampler: str | None = None, progress: bool = False, **sampler_kw) -> torch.Tensor:
+        """Prompts of equal length -> normalised latents [B, C, T]. ``sampler``: "teacher" or
+        "pingpong" (default: what the exported role was trained for, see :attr:`sampler`)."""
         cfg = self.export.cfg
         frames = {self.frames_for(p.seconds) for p in prompts}
         if len(frames) != 1:
@@ -113,15 +138,21 @@ class MusicGenerator:
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(p.seed)) for p in prompts])
         noise = noise.to(self.runtime.device)
         cond = self.condition(prompts)
-        steps = steps or cfg.sampler.steps
-        sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho, device=self.runtime.device)
+        sampler = sampler or self.sampler
+        denoiser = self.denoiser if self.schedule.is_full else ScheduledDenoiser(self.denoiser, self.schedule)
         gen = torch.Generator(device=self.runtime.device).manual_seed(prompts[0].seed + 1)
         with self.runtime.autocast():
             if sampler == "pingpong":
-                x = sample_pingpong(self.denoiser, noise, sigmas, cond, generator=gen, progress=progress, **sampler_kw)
+                steps = steps or cfg.distill.student_steps
+                sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.distill.student_rho,
+                                       device=self.runtime.device)
+                x = sample_pingpong(denoiser, noise, sigmas, cond, generator=gen, progress=progress, **sampler_kw)
             else:
+                steps = steps or cfg.sampler.steps
+                sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho,
+                                       device=self.runtime.device)
                 scale = cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale
-                x = sample_teacher(ClassifierFreeGuidance(self.denoiser, scale), noise, sigmas, cond,
+                x = sample_teacher(ClassifierFreeGuidance(denoiser, scale), noise, sigmas, cond,
                                    solver=cfg.sampler.solver, s_churn=cfg.sampler.s_churn,
                                    s_tmin=cfg.sampler.s_tmin, s_tmax=cfg.sampler.s_tmax,
                                    s_noise=cfg.sampler.s_noise, generator=gen, progress=progress, **sampler_kw)
@@ -160,10 +191,10 @@ def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
-def generate_files(checkpoint: str, prompts: list[Prompt], out_dir: str | Path, *, role: str = "teacher",
-                   **kw) -> list[Path]:
+def generate_files(checkpoint: str, prompts: list[Prompt], out_dir: str | Path, *, role: str = "auto",
+                   budget_schedule: BudgetSchedule | None = None, **kw) -> list[Path]:
     """Generate one WAV per prompt into ``out_dir`` (``000_<slug>.wav``); returns the paths."""
-    gen = MusicGenerator(checkpoint, role=role)
+    gen = MusicGenerator(checkpoint, role=role, budget_schedule=budget_schedule)
     wavs = gen.generate(prompts, **kw)
     out = Path(out_dir)
     paths = []

@@ -8,6 +8,7 @@ student's config from it, puts the weights in the Ray object store and launches 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
 from presto_ray.distill.networks import resolve_config
 from presto_ray.train.cluster import ensure_ray
-from presto_ray.train.distill_loop import distill_worker
+from presto_ray.train.distill_loop import STEP_TRACE_ENV, distill_worker
 from presto_ray.train.export import Exported, load_export
 from presto_ray.train.teacher import shard_dataset, tone_dataset
 from presto_ray.train.trainer import build_trainer, run_uri
@@ -64,7 +65,8 @@ def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, addre
     if dataset is None:
         dataset, _ = shard_dataset(cfg) if cfg.data.source == "shards" else tone_dataset(cfg)
     extra = {"teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model.model_dump(mode="json"),
-             "init": ray.put(init_state) if init_state is not None else None}
+             "init": ray.put(init_state) if init_state is not None else None,
+             "step_trace": os.environ.get(STEP_TRACE_ENV)}
     log.info("distill %s: teacher %s (step %d), %d workers, %d steps", cfg.distill.method, cfg.distill.teacher,
              teacher.step, cfg.train.num_workers, cfg.train.steps)
     # the student normalises latents exactly as its teacher was trained

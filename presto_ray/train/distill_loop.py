@@ -37,7 +37,8 @@ from presto_ray.train.logbook import Logbook, Progress
 log = logging.getLogger("presto_ray.distill")
 
 STEP_TRACE_ENV = "PRESTO_STEP_TRACE"
-"""Debugging aid: when set to a file path, rank 0 appends "pid step" after every finished step."""
+"""Debugging aid: when set (in the driver's environment) to a local file path, rank 0 appends
+"pid step" after every finished step, so restarts and repeated steps can be read off."""
 
 
 @torch.no_grad()
@@ -72,8 +73,7 @@ def student_eval(cfg, roles: Roles, x0: torch.Tensor, cond, schedule: BudgetSche
     return out
 
 
-def _trace(step: int) -> None:
-    path = os.environ.get(STEP_TRACE_ENV)
+def _trace(path: str | None, step: int) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"{os.getpid()} {step}\n")
@@ -164,7 +164,7 @@ def distill_worker(loop_config: dict) -> None:
             sums[k] = sums.get(k, 0.0) + float(v)
             counts[k] = counts.get(k, 0) + 1
         if rank == 0:
-            _trace(state.step)
+            _trace(loop_config.get("step_trace"), state.step)
 
         metrics: dict = {}
         last = state.step >= cfg.train.steps
