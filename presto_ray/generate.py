@@ -23,7 +23,7 @@ import torch
 
 from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser
-from presto_ray.distill.networks import LAYER_METHODS
+from presto_ray.distill import networks
 from presto_ray.edm import ClassifierFreeGuidance, EDMPrecond, karras_sigmas, sample_pingpong, sample_teacher
 from presto_ray.models.codec import load_codec
 from presto_ray.models.cond import Cond
@@ -96,16 +96,14 @@ class MusicGenerator:
         self.codec = load_codec(cfg.codec)
         self.text = load_text_encoder(cfg.text, device=self.runtime.device)
         self.role = role
-        self.schedule = budget_schedule or BudgetSchedule.from_config(cfg.distill.budget_schedule)
-        if role == "teacher":
-            self.schedule = budget_schedule or BudgetSchedule([], [])
-        lowest = max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1
-        self.schedule.validate(cfg.model.depth, lowest)
+        trained = networks.budget_schedule(cfg) if role == "generator" else BudgetSchedule([], [])
+        self.schedule = budget_schedule or trained
+        self.schedule.validate(cfg.model.depth, max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1)
 
     @property
     def sampler(self) -> str:
         """"pingpong" for few-step students, else "teacher" (Heun/Euler with CFG)."""
-        if self.role == "generator" and self.export.cfg.distill.method not in LAYER_METHODS:
+        if self.role == "generator" and self.export.cfg.distill.method not in networks.LAYER_METHODS:
             return "pingpong"
         return "teacher"
 

@@ -78,14 +78,13 @@ def _precond(model_cfg: DiTConfig, cfg: PrestoConfig, state: dict[str, torch.Ten
 
 
 def budget_schedule(cfg: PrestoConfig) -> BudgetSchedule:
-    """The configured sigma -> budget schedule, checked against the student's depth."""
+    """The sigma -> budget schedule the method's student runs under (presto-l, ase, presto-ls:
+    ``distill.budget_schedule``; other methods: full depth), checked against its depth."""
+    if cfg.distill.method not in (*LAYER_METHODS, "presto-ls"):
+        return BudgetSchedule([], [])
     schedule = BudgetSchedule.from_config(cfg.distill.budget_schedule)
     model = cfg.model
-    lowest = max(1, model.keep_last) if model.drop_mode == "presto" else 1
-    schedule.validate(model.depth, lowest)
-    if not schedule.is_full and not model.budget_embedding and model.drop_mode == "presto" \
-            and cfg.distill.method not in LAYER_METHODS:
-        log.warning("a budget schedule on a generator without budget conditioning: it was not trained to drop layers")
+    schedule.validate(model.depth, max(1, model.keep_last) if model.drop_mode == "presto" else 1)
     return schedule
 
 
