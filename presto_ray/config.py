@@ -253,6 +253,7 @@ class DistillConfig(_Section):
 
     method: Literal["presto-s", "presto-l", "presto-ls", "dmd2", "ase", "cd"] = "presto-s"
     teacher: str | None = None  # the teacher: an export, step or run folder (local or s3://)
+    teacher_zero3: bool = False  # shard the frozen teacher with a ZeRO-3 inference engine (when it does not fit)
     init: str | None = None  # presto-ls: the Presto-L run/export the generator starts from
     # --- Presto-S (and dmd2)
     p_gen: NoiseConfig = NoiseConfig(kind="inference")

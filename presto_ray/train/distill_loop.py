@@ -29,7 +29,7 @@ from presto_ray.runtime import choose_runtime
 from presto_ray.train.batches import epoch_batches
 from presto_ray.train.checkpoint import TrainState, restore, save_and_report
 from presto_ray.train.ema import EMA
-from presto_ray.train.engine import build_engine, weights_digest
+from presto_ray.train.engine import build_engine, build_inference_engine, weights_digest
 from presto_ray.train.export import write_export
 from presto_ray.train.guard import NonFiniteGuard
 from presto_ray.train.logbook import Logbook, Progress
@@ -101,7 +101,10 @@ def distill_worker(loop_config: dict) -> None:
         guidance = build_engine("guidance", nets["guidance"], cfg.distill.guidance.apply_to(cfg.train), runtime)
         trained.append(guidance)
     target = nets["target"].to(runtime.device) if "target" in nets else None
-    roles = Roles(generator=gen_role, teacher=nets["teacher"].to(runtime.device), guidance=guidance, target=target)
+    teacher = nets["teacher"].to(runtime.device)
+    if cfg.distill.teacher_zero3:
+        teacher = build_inference_engine(teacher, cfg.train, runtime)
+    roles = Roles(generator=gen_role, teacher=teacher, guidance=guidance, target=target)
     ema = EMA(gen_role, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     def read_extra(folder: Path) -> None:

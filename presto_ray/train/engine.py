@@ -118,6 +118,20 @@ def build_engine(name: str, module: torch.nn.Module, train: TrainConfig, runtime
     return RoleEngine(name=name, engine=engine)
 
 
+def build_inference_engine(module: torch.nn.Module, train: TrainConfig, runtime: Runtime):
+    """A frozen module sharded with ZeRO-3 across the workers (no optimiser): each rank holds a
+    slice of the weights and forward passes gather them block by block. For a teacher that does
+    not fit whole on one device. Call it on every rank; every forward is collective."""
+    deepspeed_env(runtime)
+    import deepspeed
+
+    config = deepspeed_config(train.model_copy(update={"zero_stage": 3}), runtime)
+    config.pop("gradient_clipping", None)
+    engine, _, _, _ = deepspeed.initialize(model=module.to(runtime.device), config=config, dist_init_required=False)
+    engine.eval()
+    return engine
+
+
 def _deepspeed_safe_globals() -> list:
     """Types that DeepSpeed writes into its checkpoints besides tensors and builtins."""
     import argparse
