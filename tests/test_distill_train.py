@@ -209,7 +209,7 @@ def test_presto_l_then_presto_ls_under_a_budget_schedule(tiny_config, tone_data,
 
 
 @pytest.mark.timeout(900)
-def test_cd_checkpoints_its_ema_target(tiny_config, tone_data, teacher_export, tmp_path):
+def test_cd_checkpoints_its_ema_target_and_nan_data_stops_it_with_the_checkpoint_intact(tiny_config, tone_data, teacher_export, tmp_path):
     ds, _ = tone_data
     cfg = _cfg(tiny_config, tmp_path, "cd", teacher_export, **{
         "distill.method": "cd", "train.steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4})
@@ -217,7 +217,24 @@ def test_cd_checkpoints_its_ema_target(tiny_config, tone_data, teacher_export, t
     _finite_losses(result.metrics, ["loss_cd", "eval_moment_err@1"])
     last = tmp_path / "cd" / "step_00000004"
     assert (last / "target" / "generator.safetensors").is_file()
-    assert _meta(last)["roles"] == ["generator"]
+    good = _meta(last)
+    assert good["roles"] == ["generator"]
+
+    # relaunched on NaN latents: every update is refused, K in a row stop the run with a clear
+    # error, and the last good checkpoint is intact
+    import ray.data
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    rows = ds.take(32)
+    for r in rows:
+        r["latent"] = np.full_like(r["latent"], np.nan)
+    poisoned = _cfg(tiny_config, tmp_path, "cd", teacher_export, **{
+        "distill.method": "cd", "train.steps": 12, "train.checkpoint_every": 4, "train.nan_patience": 3})
+    with pytest.raises(TrainingFailedError) as info:
+        distill(poisoned, dataset=ray.data.from_items(rows))
+    assert "NaN/Inf for 3 consecutive batches" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "cd").glob("step_*")) == ["step_00000004"]
+    assert _meta(last)["weights_sha256"] == good["weights_sha256"]
 
 
 def test_refuses_to_write_into_the_teacher_run_or_without_a_teacher(tiny_config, tone_data,

@@ -155,3 +155,20 @@ def test_presto_ls_takes_the_presto_l_network():
         student_model_config(cfg.model, cfg)
     init = cfg.model.model_copy(update={"budget_embedding": True})
     assert student_model_config(cfg.model, cfg, init) == init
+
+
+def test_backward_simulation_feeds_the_generator_its_own_samples_at_the_discrete_levels():
+    roles, update, x0 = _toy()
+    update.backward_simulation = True
+    update.sim_sigmas = [80.0, 2.0, 0.3]
+    x_in, sigma = update.generator_input(roles, x0, None, torch.Generator().manual_seed(0))
+    assert x_in.shape == x0.shape and {round(s, 4) for s in sigma.tolist()} <= {80.0, 2.0, 0.3}
+    # at the first level the input is pure noise; later levels are renoised generator outputs
+    assert x_in[sigma == 80.0].std() > 40
+    assert 0.1 < x_in[(sigma - 0.3).abs() < 1e-4].std() < 1.5
+    # and the real batch does not enter: shifting it leaves the inputs unchanged
+    again, _ = update.generator_input(roles, x0 + 10.0, None, torch.Generator().manual_seed(0))
+    assert torch.equal(again, x_in)
+    update.backward_simulation = False
+    plain, _ = update.generator_input(roles, x0 + 10.0, None, torch.Generator().manual_seed(0))
+    assert not torch.allclose(plain, update.generator_input(roles, x0, None, torch.Generator().manual_seed(0))[0])
