@@ -178,3 +178,31 @@ def test_teacher_trains_from_prepared_shards_in_s3(tiny_config, tone_data, s3_en
     wrong = _cfg(cfg, tmp_path, "wrong-shape", **{"model.latent_frames": 64})
     with pytest.raises(ValueError, match="latent"):
         train_teacher(wrong)
+
+
+@pytest.mark.timeout(300)
+def test_rows_skipped_by_on_bad_rows_skip_are_counted_in_the_metrics(tiny_config, ray_cluster, tmp_path):
+    from test_reader import _put_nan_row, make_rows, write  # noqa: E402 (shared shard helpers)
+
+    folder = tmp_path / "shards"
+    rows = make_rows(20)
+    for r in rows:  # the tiny model's text length
+        r["text_states"] = np.concatenate([r["text_states"], np.zeros((16, 384), np.float16)])
+        r["text_mask"] = np.concatenate([r["text_mask"], np.zeros(16, bool)])
+    import test_reader
+
+    test_reader.L = 48
+    try:
+        write(str(folder), rows)
+    finally:
+        test_reader.L = 32
+    bad = {_put_nan_row(folder, "part-00000.parquet", 1), _put_nan_row(folder, "part-00003.parquet", 2)}
+    assert len(bad) == 2
+    cfg = _cfg(tiny_config, tmp_path, "skip", **{"data.source": "shards", "data.uri": str(folder),
+                                                "data.on_bad_rows": "skip", "train.steps": 4, "train.log_every": 2,
+                                                "train.eval_every": 4, "train.checkpoint_every": 4,
+                                                "train.batch_size": 4, "train.eval_batch": 4})
+    result = train_teacher(cfg)
+    # 18 good rows make 4 batches of 4 per epoch; the NaN rows were dropped, counted, not trained on
+    assert result.metrics["skipped_bad_rows"] >= 2
+    assert math.isfinite(result.metrics["loss"]) and result.metrics["skipped_nonfinite"] == 0

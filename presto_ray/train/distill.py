@@ -20,7 +20,7 @@ from presto_ray.distill.networks import resolve_config
 from presto_ray.train.cluster import ensure_ray
 from presto_ray.train.distill_loop import STEP_TRACE_ENV, distill_worker
 from presto_ray.train.export import Exported, load_export
-from presto_ray.train.teacher import shard_dataset, tone_dataset
+from presto_ray.train.teacher import training_data
 from presto_ray.train.trainer import build_trainer, run_uri
 
 log = logging.getLogger("presto_ray.distill")
@@ -62,9 +62,10 @@ def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, addre
     """Distil (or resume) the student of ``cfg.distill.method``; returns the Ray Train ``Result``."""
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     cfg, teacher, teacher_state, init_state = prepare_distill(cfg)
+    bad_rows = None
     if dataset is None:
-        dataset, _ = shard_dataset(cfg) if cfg.data.source == "shards" else tone_dataset(cfg)
-    extra = {"teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model.model_dump(mode="json"),
+        dataset, _, bad_rows = training_data(cfg)
+    extra = {"bad_rows": bad_rows, "teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model.model_dump(mode="json"),
              "init": ray.put(init_state) if init_state is not None else None,
              "step_trace": os.environ.get(STEP_TRACE_ENV)}
     log.info("distill %s: teacher %s (step %d), %d workers, %d steps", cfg.distill.method, cfg.distill.teacher,

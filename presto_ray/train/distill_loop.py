@@ -182,6 +182,8 @@ def distill_worker(loop_config: dict) -> None:
                             "data_wait_frac": data_wait / elapsed})
             sums, counts, window_n, data_wait, t0 = {}, {}, 0, 0.0, time.perf_counter()
             if book is not None:
+                if loop_config.get("bad_rows") is not None:  # rows dropped by data.on_bad_rows=skip
+                    metrics["skipped_bad_rows"] = loop_config["bad_rows"].count()
                 book.log(state.step, metrics)
                 shown = ("loss_dm", "loss_fake", "loss_gen_gan", "loss_disc", "loss_cd", "loss", "data_wait_frac")
                 log.info("%s %s", progress.line(state.step), " ".join(

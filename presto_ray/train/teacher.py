@@ -33,32 +33,46 @@ def tone_dataset(cfg: PrestoConfig) -> tuple[ray.data.Dataset, LatentStats]:
     return ray.data.from_items(rows, override_num_blocks=blocks).materialize(), stats
 
 
-def shard_dataset(cfg: PrestoConfig) -> tuple[ray.data.Dataset, LatentStats]:
-    """Prepared Parquet shards (cfg.data.source == "shards"), checked against the model config."""
+def shard_dataset(cfg: PrestoConfig, bad_rows=None) -> tuple[ray.data.Dataset, LatentStats]:
+    """Prepared Parquet shards (cfg.data.source == "shards"), checked against the model config.
+    bad_rows: a :class:`~presto_ray.data.reader.BadRowCounter` counting rows skipped with
+    data.on_bad_rows=skip."""
     from presto_ray.data.reader import training_dataset
     from presto_ray.data.validate import check_against_model
 
     # TODO(issue 3): draw a new file order per epoch (the worker iterates one dataset today)
-    ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=0, on_bad_rows=cfg.data.on_bad_rows)
+    ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=0, on_bad_rows=cfg.data.on_bad_rows,
+                                    bad_rows=bad_rows)
     check_against_model(manifest, cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens,
                         cfg.model.text_dim)
     return ds, manifest.latent_stats(cfg.edm.sigma_data)
 
 
-def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats):
+def training_data(cfg: PrestoConfig):
+    """(dataset, stats, bad-row counter or None) for ``cfg.data``: shards or the melody set."""
+    if cfg.data.source != "shards":
+        return (*tone_dataset(cfg), None)
+    from presto_ray.data.reader import BadRowCounter
+
+    bad_rows = BadRowCounter() if cfg.data.on_bad_rows == "skip" else None
+    return (*shard_dataset(cfg, bad_rows), bad_rows)
+
+
+def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats, bad_rows=None):
     """The teacher's TorchTrainer (see :func:`presto_ray.train.trainer.build_trainer`)."""
-    return build_trainer(teacher_worker, cfg, dataset, stats)
+    return build_trainer(teacher_worker, cfg, dataset, stats, {"bad_rows": bad_rows})
 
 
 def train_teacher(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None,
                   stats: LatentStats | None = None, address: str | None = None):
     """Train (or resume) the teacher; returns the Ray Train ``Result``."""
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
+    bad_rows = None
     if dataset is None:
-        dataset, stats = shard_dataset(cfg) if cfg.data.source == "shards" else tone_dataset(cfg)
+        dataset, stats, bad_rows = training_data(cfg)
     if stats is None:
         raise ValueError("a dataset given without latent statistics")
-    result = build_teacher_trainer(cfg, dataset, stats).fit()
+    result = build_teacher_trainer(cfg, dataset, stats, bad_rows).fit()
     log.info("teacher run '%s' finished; latest checkpoint: %s", cfg.run.name,
              result.checkpoint.path if result.checkpoint else None)
     return result

@@ -124,6 +124,8 @@ def teacher_worker(loop_config: dict) -> None:
                             "steps_per_s": window_n / elapsed, "data_wait_frac": data_wait / elapsed})
             window_loss, window_n, data_wait, t0 = 0.0, 0, 0.0, time.perf_counter()
             if book is not None:
+                if loop_config.get("bad_rows") is not None:  # rows dropped by data.on_bad_rows=skip
+                    metrics["skipped_bad_rows"] = loop_config["bad_rows"].count()
                 book.log(state.step, metrics)
                 log.info("%s %s", progress.line(state.step), " ".join(
                     f"{k}={metrics[k]:.4g}" for k in ("loss", "eval_loss", "lr", "data_wait_frac") if k in metrics))
