@@ -36,7 +36,7 @@ class BudgetSchedule:
         try:
             obj = json.loads(text)
             return cls(obj.get("edges", []), obj["budgets"])
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # AttributeError: not a JSON object
             raise ValueError(f"not a budget schedule ({{\"edges\": [...], \"budgets\": [...]}}): {err}") from None
 
     def to_json(self) -> str:
