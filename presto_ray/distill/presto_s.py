@@ -151,10 +151,12 @@ class PrestoS:
                    **_stats("real_score", m_real), **_stats("fake_score", m_fake)}
         total = loss_dm
         if self.nu1 > 0:
-            # gradient of L_adv w.r.t. the generator output only, through the frozen guidance model
+            # gradient of L_adv w.r.t. the generator output only, through the frozen guidance model.
+            # Its module is called directly: a DeepSpeed engine's forward expects engine.backward.
             x_in = x_hat.detach().requires_grad_(True)
             x_a, sigma_a = self._noised(x_in, self.p_gan, generator)
-            loss_adv = generator_gan_loss(roles.guidance(x_a, sigma_a, cond, mode="logits"), self.gan_loss)
+            logits = roles.guidance.module(x_a, sigma_a, cond, mode="logits")
+            loss_adv = generator_gan_loss(logits, self.gan_loss)
             (grad,) = torch.autograd.grad(loss_adv, x_in)
             total = total + self.nu1 * (x_hat.float() * grad.detach().float()).sum()
             metrics["loss_gen_gan"] = loss_adv.detach()

@@ -17,8 +17,9 @@ class TrainedRole(Protocol):
     """What a distillation update needs from a trained role."""
 
     name: str
+    module: nn.Module  # the bare module: forward passes whose backward must not reach this role
 
-    def __call__(self, *args: Any, **kw: Any) -> Any: ...  # forward through the module
+    def __call__(self, *args: Any, **kw: Any) -> Any: ...  # forward through the module (engine)
 
     def backward(self, loss: Tensor) -> None: ...
 
