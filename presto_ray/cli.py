@@ -118,10 +118,10 @@ def cmd_distill(args) -> int:
     for key, value in (("distill.method", args.method), ("distill.teacher", args.teacher), ("distill.init", args.init)):
         if value:
             args.overrides.append(f"{key}={value}")
+    cfg = _load(args)
     if not args.run_name and not any(o.startswith("run.name=") for o in args.overrides):
-        args.run_name = args.method or next((o.split("=", 1)[1] for o in args.overrides
-                                             if o.startswith("distill.method=")), "presto-s")
-    result = distill(_load(args), address=args.address)
+        cfg.run.name = cfg.distill.method  # never the teacher's run name from the preset
+    result = distill(cfg, address=args.address)
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     return 0
 

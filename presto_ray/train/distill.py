@@ -60,8 +60,8 @@ def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, di
 
 def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, address: str | None = None):
     """Distil (or resume) the student of ``cfg.distill.method``; returns the Ray Train ``Result``."""
+    cfg, teacher, teacher_state, init_state = prepare_distill(cfg)  # before Ray starts: fails fast
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
-    cfg, teacher, teacher_state, init_state = prepare_distill(cfg)
     bad_rows = None
     if dataset is None:
         dataset, _, bad_rows = training_data(cfg)
