@@ -269,7 +269,8 @@ class DistillConfig(_Section):
     disc_width: int = 64
     backward_simulation: bool = False  # DMD2: generator inputs from its own multi-step samples
     dmd2_noise: NoiseConfig = NoiseConfig(kind="inference")
-    gen_sigmas: list[float] | None = None  # dmd2 generator levels; None = the student's Karras levels
+    gen_sigmas: list[float] | None = None  # discrete generator levels (replace p_gen; also the backward-
+    # simulation levels); dmd2 default: the student's Karras levels
     fake_from_init: bool = False  # presto-ls: fake score starts from the Presto-L model (else teacher)
     # --- Presto-L (and ase)
     p_layer: NoiseConfig = NoiseConfig(kind="train")
@@ -284,8 +285,8 @@ class DistillConfig(_Section):
     student_steps: int = 4
     student_rho: float = 7.0
     # --- per-role optimisers
-    generator: RoleConfig = RoleConfig(lr=2e-5)
-    guidance: RoleConfig = RoleConfig(lr=2e-5)
+    generator: RoleConfig = RoleConfig()
+    guidance: RoleConfig = RoleConfig()
 
     @model_validator(mode="after")
     def _ranges(self) -> "DistillConfig":

@@ -96,6 +96,11 @@ class MusicGenerator:
         self.codec = load_codec(cfg.codec)
         self.text = load_text_encoder(cfg.text, device=self.runtime.device)
         self.role = role
+        layered = role == "generator" and cfg.distill.method in (*networks.LAYER_METHODS, "presto-ls")
+        if budget_schedule is not None and not budget_schedule.is_full and not layered:
+            raise ValueError(f"{self.export.folder}: --budget-schedule needs a layer-dropping student "
+                             f"(presto-l, ase, presto-ls); this is the {role} of a "
+                             f"{cfg.distill.method if role == 'generator' else 'teacher'} run")
         trained = networks.budget_schedule(cfg) if role == "generator" else BudgetSchedule([], [])
         self.schedule = budget_schedule or trained
         self.schedule.validate(cfg.model.depth, max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1)
@@ -141,6 +146,8 @@ class MusicGenerator:
         gen = torch.Generator(device=self.runtime.device).manual_seed(prompts[0].seed + 1)
         with self.runtime.autocast():
             if sampler == "pingpong":
+                if cfg_scale is not None:
+                    raise ValueError("--cfg-scale does not apply to a few-step student: guidance is distilled in")
                 steps = steps or cfg.distill.student_steps
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.distill.student_rho,
                                        device=self.runtime.device)

@@ -176,8 +176,10 @@ def test_sigkilled_worker_restarts_from_last_checkpoint(tiny_config, tone_data, 
 @pytest.mark.timeout(900)
 def test_presto_l_then_presto_ls_under_a_budget_schedule(tiny_config, tone_data, teacher_export, tmp_path):
     ds, _ = tone_data
+    # 2 workers under ZeRO-3: the ranks draw different budgets, yet run the same collectives
     pl = _cfg(tiny_config, tmp_path, "pl", teacher_export, **{
-        "distill.method": "presto-l", "train.steps": 6, "train.eval_every": 6, "train.checkpoint_every": 6})
+        "distill.method": "presto-l", "train.steps": 6, "train.eval_every": 6, "train.checkpoint_every": 6,
+        "train.num_workers": 2, "train.zero_stage": 3})
     result = distill(pl, dataset=ds)
     _finite_losses(result.metrics, ["loss", "loss_st", "eval_dropped_err@1", "eval_dropped_err@3",
                                     "hidden_std_full/5", "hidden_std_dropped/5"])
@@ -185,7 +187,8 @@ def test_presto_l_then_presto_ls_under_a_budget_schedule(tiny_config, tone_data,
     assert exported.cfg.model.budget_embedding and exported.cfg.model.drop_mode == "presto"
     # the same run name for another method would load the wrong roles: refused, run untouched
     with pytest.raises(Exception, match="choose another run.name"):
-        distill(_cfg(tiny_config, tmp_path, "pl", teacher_export, **{"train.steps": 8}), dataset=ds)
+        distill(_cfg(tiny_config, tmp_path, "pl", teacher_export, **{"train.steps": 8, "train.num_workers": 2}),
+                dataset=ds)
     assert sorted(p.name for p in (tmp_path / "pl").glob("step_*")) == ["step_00000006"]
 
     ls = _cfg(tiny_config, tmp_path, "pls", teacher_export, **{

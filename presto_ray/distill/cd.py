@@ -92,6 +92,7 @@ class ConsistencyDistillation:
         if guard("generator", loss.detach()):
             roles.generator.backward(loss)
             norm = roles.generator.step()
+            metrics["generator_updates"] = torch.ones(())
             if norm is not None:
                 metrics["grad_norm_gen"] = torch.as_tensor(float(norm))
             update_target(roles.target, roles.generator, self.ema)

@@ -43,6 +43,8 @@ def student_model_config(teacher_model: DiTConfig, cfg: PrestoConfig, init_model
     student's (presto-ls)."""
     method = cfg.distill.method
     if method == "presto-l":
+        if not 0 <= cfg.distill.keep_last < teacher_model.depth:
+            raise ValueError(f"distill.keep_last={cfg.distill.keep_last} must be in [0, depth={teacher_model.depth})")
         return teacher_model.model_copy(update={"budget_embedding": True, "drop_mode": "presto",
                                                 "keep_last": cfg.distill.keep_last})
     if method == "ase":

@@ -53,6 +53,7 @@ class PrestoL:
     dsm_weight: float = 0.0
     schedule: BudgetSchedule = field(default_factory=lambda: BudgetSchedule([], []))
     use_schedule: bool = False
+    p_uncond: float = 0.0  # condition dropout (the student is sampled with CFG, like its teacher)
 
     @classmethod
     def from_config(cls, cfg, lowest: int) -> "PrestoL":
@@ -61,10 +62,12 @@ class PrestoL:
         d = cfg.distill
         ase = d.method == "ase"
         schedule = BudgetSchedule.from_config(d.budget_schedule)
+        if d.min_budget is not None and not lowest <= d.min_budget <= cfg.model.depth:
+            raise ValueError(f"distill.min_budget={d.min_budget} must be in [{lowest}, depth={cfg.model.depth}]")
         return cls(p_layer=make_noise(d.p_layer, cfg.edm), sigma_data=cfg.edm.sigma_data,
                    lowest=max(lowest, d.min_budget or lowest), depth=cfg.model.depth,
                    self_teacher=not ase, dsm_weight=0.0 if ase else d.dsm_weight, schedule=schedule,
-                   use_schedule=ase and not schedule.is_full)
+                   use_schedule=ase and not schedule.is_full, p_uncond=cfg.edm.p_uncond)
 
     def budgets(self, sigma: Tensor, generator) -> Tensor:
         """LongTensor [B]: from the schedule (ase with a schedule) or uniform over [lowest, depth]."""
@@ -78,6 +81,8 @@ class PrestoL:
         eps = standard_normal(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x = x0 + expand_sigma(sigma, x0).to(x0.dtype) * eps
         budget = self.budgets(sigma, generator)
+        if self.p_uncond > 0 and cond is not None:  # the same dropped condition for student and teacher
+            cond = cond.drop(self.p_uncond, generator=generator)
         pred = first_output(roles.generator(x, sigma, cond, budget=budget))
         out = {"budget": budget}
         loss_dsm = weighted_error(pred, x0, sigma, self.sigma_data)
@@ -104,6 +109,7 @@ class PrestoL:
         if guard("generator", loss.detach()):
             roles.generator.backward(loss)
             norm = roles.generator.step()
+            metrics["generator_updates"] = torch.ones(())
             if norm is not None:
                 metrics["grad_norm_gen"] = torch.as_tensor(float(norm))
         else:

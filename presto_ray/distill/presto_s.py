@@ -121,7 +121,7 @@ class PrestoS:
         states = [x]
         g = self.generator_fn(roles)
         with torch.no_grad():
-            for j in range(int(index.max())):
+            for j in range(len(levels) - 1):  # all levels on every rank (equal collectives under ZeRO-3)
                 x_hat = g(x, torch.full((batch,), levels[j], device=x0.device), cond).to(x0.dtype)
                 eps = standard_normal(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
                 x = x_hat + levels[j + 1] * eps
@@ -161,9 +161,10 @@ class PrestoS:
             total = total + self.nu1 * (x_hat.float() * grad.detach().float()).sum()
             metrics["loss_gen_gan"] = loss_adv.detach()
         metrics["loss_gen"] = loss_dm.detach() + self.nu1 * metrics.get("loss_gen_gan", 0.0)
-        if guard("generator", metrics["loss_gen"]):
+        if guard("generator", total.detach()):  # includes the adversarial gradient's surrogate
             roles.generator.backward(total)
             norm = roles.generator.step()
+            metrics["generator_updates"] = torch.ones(())
             if norm is not None:
                 metrics["grad_norm_gen"] = torch.as_tensor(float(norm))
         else:

@@ -214,7 +214,10 @@ class DiT1D(nn.Module):
         for k, (block, rows) in enumerate(zip(self.blocks, self._schedule(budgets, x.device), strict=True)):
             if rows is None:
                 h = block(h, c, ctx, ctx_mask)
-            elif rows.numel() > 0:
+            else:
+                # a block no sample runs is still called on zero rows: every data-parallel rank
+                # then touches every block (ZeRO-3 all-gathers and ZeRO-1/2 gradient buckets
+                # must match across ranks whose batches drew different budgets)
                 h_rows = block(h[rows], c[rows], ctx[rows], ctx_mask[rows])
                 h = h.index_copy(0, rows, h_rows.to(h.dtype))
             if k in taps:

@@ -83,8 +83,10 @@ def save_and_report(metrics: dict, roles: list[RoleEngine], state: TrainState, c
 
 
 def restore(roles: list[RoleEngine], *, rank: int, world_size: int, generator: torch.Generator,
-            read_extra: Callable[[Path], None] | None = None) -> TrainState | None:
-    """Load the latest checkpoint Ray Train hands this worker (relaunch or restart), if any."""
+            read_extra: Callable[[Path], None] | None = None,
+            check_meta: Callable[[dict], None] | None = None) -> TrainState | None:
+    """Load the latest checkpoint Ray Train hands this worker (relaunch or restart), if any.
+    ``check_meta(meta)`` may refuse it (raise) before anything is loaded."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
@@ -97,6 +99,8 @@ def restore(roles: list[RoleEngine], *, rank: int, world_size: int, generator: t
                 f"checkpoint {checkpoint.path} holds roles {meta.get('roles')}, this run trains {names}: "
                 "it belongs to another kind of run; choose another run.name"
             )
+        if check_meta is not None:
+            check_meta(meta)
         if meta["world_size"] != world_size and any(r.zero_stage > 0 for r in roles):
             raise RuntimeError(
                 f"checkpoint {checkpoint.path} was written by {meta['world_size']} workers with ZeRO "

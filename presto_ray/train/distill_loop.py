@@ -36,6 +36,9 @@ from presto_ray.train.logbook import Logbook, Progress
 
 log = logging.getLogger("presto_ray.distill")
 
+COUNTERS = ("generator_updates", "skipped_generator", "skipped_guidance")
+"""Step metrics summed over the logging window (the others are averaged)."""
+
 STEP_TRACE_ENV = "PRESTO_STEP_TRACE"
 """Debugging aid: when set (in the driver's environment) to a local file path, rank 0 appends
 "pid step" after every finished step, so restarts and repeated steps can be read off."""
@@ -113,7 +116,16 @@ def distill_worker(loop_config: dict) -> None:
         if target is not None:
             target.load_state_dict(load_file(str(folder / "target" / "generator.safetensors")))
 
-    state = restore(trained, rank=rank, world_size=world, generator=generator, read_extra=read_extra) or TrainState()
+    def same_run(meta: dict) -> None:
+        saved = meta.get("config", {}).get("distill", {})
+        for key in ("method", "teacher", "init"):
+            if saved.get(key) != getattr(cfg.distill, key):
+                raise RuntimeError(f"the checkpoint in run '{cfg.run.name}' was made with distill.{key}="
+                                   f"{saved.get(key)!r}, this launch has {getattr(cfg.distill, key)!r}; "
+                                   "choose another run.name")
+
+    state = restore(trained, rank=rank, world_size=world, generator=generator, read_extra=read_extra,
+                    check_meta=same_run) or TrainState()
     if state.step:
         state.extra = {"resumed_from": state.step, "resumed_weights_sha256": weights_digest(gen_role)}
         log.info("rank %d resumed from step %d (epoch %d)", rank, state.step, state.epoch)
@@ -158,7 +170,7 @@ def distill_worker(loop_config: dict) -> None:
         x0, cond = batch_to_inputs(batch, stats, runtime.device)
         with runtime.autocast():
             step_metrics = update.step(roles, x0, cond, state.step, generator=generator, guard=allows)
-        if ema is not None:
+        if ema is not None and "generator_updates" in step_metrics:  # presto-s: every ttur iterations
             ema.update(gen_role)
         state.step += 1
         state.skipped = guard.skipped
@@ -176,7 +188,7 @@ def distill_worker(loop_config: dict) -> None:
                 metrics.update(student_eval(cfg, roles, eval_x0, eval_cond, schedule))
         if state.step % cfg.train.log_every == 0 or last:
             elapsed = time.perf_counter() - t0
-            metrics.update({k: sums[k] / counts[k] for k in sums})
+            metrics.update({k: sums[k] if k in COUNTERS else sums[k] / counts[k] for k in sums})
             metrics.update({"step": state.step, "epoch": state.epoch, "lr_generator": gen_role.engine.get_lr()[0],
                             "skipped_nonfinite": guard.skipped, "steps_per_s": window_n / elapsed,
                             "data_wait_frac": data_wait / elapsed})
