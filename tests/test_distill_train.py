@@ -249,3 +249,17 @@ def test_refuses_to_write_into_the_teacher_run_or_without_a_teacher(tiny_config,
         distill(cfg, dataset=ds)
     with pytest.raises(ValueError, match="distill.teacher"):
         distill(_cfg(tiny_config, tmp_path, "x", teacher_export, **{"distill.teacher": "null"}), dataset=ds)
+
+
+def test_presto_ls_refuses_an_init_from_another_teacher(tiny_config, tone_data, teacher_export, tmp_path):
+    from presto_ray.train.distill import prepare_distill
+
+    _, stats = tone_data
+    other = config_from_dict(deep_merge(tiny_config.model_dump(mode="json"), parse_overrides(
+        ["model.depth=4", "model.budget_embedding=true", "distill.method=presto-l"])))
+    write_export(tmp_path / "pl-other" / "export", {"generator": EDMPrecond(DiT1D(other.model), 0.5).state_dict()},
+                 other, stats, 10)
+    cfg = _cfg(tiny_config, tmp_path, "pls", teacher_export, **{
+        "distill.method": "presto-ls", "distill.init": str(tmp_path / "pl-other" / "export")})
+    with pytest.raises(ValueError, match="does not match distill.teacher in its model settings"):
+        prepare_distill(cfg)

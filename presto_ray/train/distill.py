@@ -35,6 +35,20 @@ def load_run_export(uri: str, role: str, what: str) -> tuple[Exported, dict]:
         return exported, exported.state_dict(role)
 
 
+def check_same_teacher(init: Exported, teacher: Exported, init_uri: str) -> None:
+    """The Presto-L student must have been distilled from a teacher like this one: the same
+    network shape, EDM settings, codec, text encoder and latent statistics."""
+    layer_keys = {"budget_embedding", "drop_mode", "keep_last"}
+    student = {k: v for k, v in init.cfg.model.model_dump().items() if k not in layer_keys}
+    base = {k: v for k, v in teacher.cfg.model.model_dump().items() if k not in layer_keys}
+    for what, a, b in (("model", student, base), ("edm", init.cfg.edm, teacher.cfg.edm),
+                       ("codec", init.cfg.codec, teacher.cfg.codec), ("text", init.cfg.text, teacher.cfg.text),
+                       ("latent statistics", init.stats.to_dict(), teacher.stats.to_dict())):
+        if a != b:
+            raise ValueError(f"distill.init '{init_uri}' does not match distill.teacher in its {what} "
+                             "settings: it was distilled from another teacher")
+
+
 def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, dict | None]:
     """Load teacher (and init) weights; returns (resolved config, teacher export, teacher
     state dict, init state dict or None)."""
@@ -49,6 +63,7 @@ def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, di
         init, init_state = load_run_export(d.init, "generator", "distill.init")
         if init.cfg.distill.method != "presto-l":
             raise ValueError(f"distill.init '{d.init}' was made by method '{init.cfg.distill.method}', not presto-l")
+        check_same_teacher(init, teacher, d.init)
         init_cfg = init.cfg
     resolved = resolve_config(cfg, teacher.cfg, init_cfg)
     teacher_loc = (d.teacher if storage.is_remote(d.teacher) else str(storage.local_path(d.teacher))).rstrip("/")

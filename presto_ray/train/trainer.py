@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import pyarrow.fs as pafs
 import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -60,7 +61,10 @@ def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ra
     uri = run_uri(cfg)
     fs, storage_path = storage.resolve(cfg.run.storage_path)
     fs.create_dir(storage.resolve(uri)[1], recursive=True)
-    storage.write_bytes_atomic(storage.join(uri, "config.yaml"), config_to_yaml(cfg).encode())
+    config_uri = storage.join(uri, "config.yaml")
+    fs_run, config_path = storage.resolve(config_uri)
+    if fs_run.get_file_info(config_path).type == pafs.FileType.NotFound:  # the config the run started with
+        storage.write_bytes_atomic(config_uri, config_to_yaml(cfg).encode())
     return TorchTrainer(
         worker,
         train_loop_config={
