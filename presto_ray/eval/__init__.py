@@ -1,0 +1,1 @@
+"""Evaluation: distribution metrics over audio embeddings (and, later, embedders, latency, report)."""
