@@ -14,7 +14,6 @@ from pathlib import Path
 
 PENDING = {
     "evaluate": "issue #5 (FAD, MMD, diversity, prompt adherence)",
-    "benchmark": "issue #5 (latency side by side)",
     "report": "issue #5 (report.html)",
     "sweep": "issue #6 (Ray Tune sweeps)",
 }
@@ -48,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="overrides distill.init: the presto-l run/export presto-ls starts from")
     p.add_argument("--run-name", help="overrides run.name (default: the method's name)")
     p.add_argument("--storage-path", help="overrides run.storage_path (local path, file:// or s3://)")
+
+    p = sub.add_parser("benchmark", help="batch-1 latency of a teacher and its students side by side -> latency.json",
+                       description="Times text encoding, sampling and decoding of one clip (median of repeats "
+                                   "after warm-up, device synchronised) for the teacher at its default sampler "
+                                   "and at --teacher-steps, and for each student at --student-steps (few-step "
+                                   "students) or with and without its budget schedule (layer students), all in "
+                                   "one run. NFE and the share of blocks run are counted.")
+    p.add_argument("--teacher", required=True, help="the teacher's export, step or run folder")
+    p.add_argument("--student", action="append", default=[], help="a student's export, step or run folder (repeatable)")
+    p.add_argument("--out", default="latency.json", help="where to write latency.json (default ./latency.json)")
+    p.add_argument("--seconds", type=float, help="clip length (default: the training clip length)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--teacher-steps", default="4,8", help="extra teacher step counts, comma-separated (default 4,8)")
+    p.add_argument("--student-steps", default="1,2,4", help="few-step student step counts (default 1,2,4)")
 
     p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
     _config_args(p)
@@ -126,6 +140,23 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    import json
+
+    from presto_ray.eval.latency import benchmark
+
+    def steps(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+
+    doc = benchmark(args.teacher, args.student, repeats=args.repeats, warmup=args.warmup, seconds=args.seconds,
+                    teacher_steps=steps(args.teacher_steps), student_steps=steps(args.student_steps))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from presto_ray.data.prepare import prepare
     from presto_ray.train.cluster import ensure_ray
@@ -194,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
-    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "generate": cmd_generate, "export": cmd_export,
+    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "generate": cmd_generate, "export": cmd_export,
                "quickstart": cmd_quickstart}[args.command]
     t0 = time.perf_counter()
     try:

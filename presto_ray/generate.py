@@ -128,22 +128,35 @@ class MusicGenerator:
         bpm = torch.tensor([math.nan if p.bpm is None else float(p.bpm) for p in prompts])
         return Cond(tokens=tokens, mask=mask, bpm=bpm).to(self.runtime.device)
 
-    @torch.no_grad()
-    def sample_latents(self, prompts: list[Prompt], *, steps: int | None = None, cfg_scale: float | None = None,
-                       sampler: str | None = None, progress: bool = False, **sampler_kw) -> torch.Tensor:
-        """Prompts of equal length -> normalised latents [B, C, T]. ``sampler``: "teacher" or
-        "pingpong" (default: what the exported role was trained for, see :attr:`sampler`)."""
+    def initial_noise(self, prompts: list[Prompt]) -> torch.Tensor:
+        """Per-prompt seeded N(0, I) noise [B, C, T] for prompts of one length."""
         cfg = self.export.cfg
         frames = {self.frames_for(p.seconds) for p in prompts}
         if len(frames) != 1:
             raise ValueError("sample_latents takes prompts of one length; use generate() for mixed lengths")
         shape = (cfg.model.latent_channels, frames.pop())
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(p.seed)) for p in prompts])
-        noise = noise.to(self.runtime.device)
-        cond = self.condition(prompts)
+        return noise.to(self.runtime.device)
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[Prompt], **kw) -> torch.Tensor:
+        """Prompts of equal length -> normalised latents [B, C, T]; ``kw`` as in :meth:`sample_from`."""
+        return self.sample_from(self.initial_noise(prompts), self.condition(prompts), seed=prompts[0].seed + 1, **kw)
+
+    @torch.no_grad()
+    def sample_from(self, noise: torch.Tensor, cond: Cond, *, seed: int = 1, steps: int | None = None,
+                    cfg_scale: float | None = None, sampler: str | None = None,
+                    schedule: BudgetSchedule | None = None, progress: bool = False, **sampler_kw) -> torch.Tensor:
+        """Noise [B, C, T] + condition -> normalised latents [B, C, T].
+
+        sampler: "teacher" (Heun/Euler + CFG) or "pingpong" (default: what the exported role was
+        trained for, see :attr:`sampler`); schedule: overrides this generator's budget schedule
+        (``BudgetSchedule([], [])`` = full depth); seed: the sampler's own noise (churn, ping-pong)."""
+        cfg = self.export.cfg
         sampler = sampler or self.sampler
-        denoiser = self.denoiser if self.schedule.is_full else ScheduledDenoiser(self.denoiser, self.schedule)
-        gen = torch.Generator(device=self.runtime.device).manual_seed(prompts[0].seed + 1)
+        schedule = self.schedule if schedule is None else schedule
+        denoiser = self.denoiser if schedule.is_full else ScheduledDenoiser(self.denoiser, schedule)
+        gen = torch.Generator(device=self.runtime.device).manual_seed(seed)
         with self.runtime.autocast():
             if sampler == "pingpong":
                 if cfg_scale is not None:
