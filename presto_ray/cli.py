@@ -14,7 +14,6 @@ from pathlib import Path
 
 PENDING = {
     "evaluate": "issue #5 (FAD, MMD, diversity, prompt adherence)",
-    "report": "issue #5 (report.html)",
     "sweep": "issue #6 (Ray Tune sweeps)",
 }
 
@@ -62,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--teacher-steps", default="4,8", help="extra teacher step counts, comma-separated (default 4,8)")
     p.add_argument("--student-steps", default="1,2,4", help="few-step student step counts (default 1,2,4)")
+
+    p = sub.add_parser("report", help="fold latency.json, metrics.json, training curves and audio into report.html")
+    p.add_argument("--latency", action="append", default=[], help="a latency.json (repeatable)")
+    p.add_argument("--metrics", action="append", default=[], help="a metrics.json (repeatable)")
+    p.add_argument("--run", action="append", default=[], help="a run folder whose TensorBoard curves to plot (repeatable)")
+    p.add_argument("--audio", action="append", default=[], help="a folder of WAV files to show and play (repeatable)")
+    p.add_argument("--out", default="report.html", help="output file (default ./report.html)")
+    p.add_argument("--title", default="presto_ray report")
 
     p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
     _config_args(p)
@@ -157,6 +164,14 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from presto_ray.eval.report import write_report
+
+    print(write_report(args.out, latency=args.latency, metrics=args.metrics, runs=args.run, audio=args.audio,
+                       title=args.title))
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from presto_ray.data.prepare import prepare
     from presto_ray.train.cluster import ensure_ray
@@ -225,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
-    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "generate": cmd_generate, "export": cmd_export,
+    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "report": cmd_report, "generate": cmd_generate, "export": cmd_export,
                "quickstart": cmd_quickstart}[args.command]
     t0 = time.perf_counter()
     try:

@@ -66,3 +66,31 @@ def test_cli_benchmark_writes_latency_json(exports, tmp_path):
     doc = json.loads(out.read_text())
     assert [(e["method"], e["case"], e["nfe"]) for e in doc["entries"]] == [("teacher", "default", 30),
                                                                           ("presto-s", "2 steps", 2)]
+
+
+def test_report_folds_latency_metrics_curves_and_audio_into_one_html(exports, tmp_path):
+    import re
+
+    import numpy as np
+    import soundfile as sf
+
+    latency = tmp_path / "latency.json"
+    assert main(["benchmark", "--teacher", str(exports / "teacher"), "--student", str(exports / "presto-s"),
+                 "--repeats", "1", "--warmup", "0", "--teacher-steps", "", "--student-steps", "1,4",
+                 "--out", str(latency)]) == 0
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"entries": [{"method": "teacher", "case": "default", "fad": 2.5, "recall": 0.7},
+                                               {"method": "presto-s", "case": "4 steps", "fad": 2.9, "recall": 0.6}]}))
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        sf.write(str(audio / f"{i:03d}_clip.wav"), 0.1 * np.sin(np.arange(16000) * 0.05 * (i + 1)), 16000)
+    out = tmp_path / "report.html"
+    assert main(["report", "--latency", str(latency), "--metrics", str(metrics), "--audio", str(audio),
+                 "--out", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("<tr>") == 1 + 3 + 1 + 2  # latency header + 3 cases, quality header + 2 models
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1 + 2  # plot + 2 spectrograms
+    assert len(re.findall(r'<audio controls src="data:audio/wav;base64,', page)) == 2
+    assert ">2.9<" in page and "presto-s" in page
+    assert main(["report", "--latency", str(tmp_path / "missing.json"), "--out", str(out)]) == 2

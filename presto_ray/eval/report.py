@@ -1,0 +1,189 @@
+"""``report``: metrics.json, latency.json, training curves and audio folded into one self-contained
+report.html (tables, a latency-vs-quality plot, training curves, mel spectrograms and players).
+
+Images and audio are embedded as data URIs, so the file can be mailed or opened from a bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("presto_ray.report")
+
+LATENCY_COLUMNS = [("method", "method"), ("case", "case"), ("steps", "steps"), ("nfe", "NFE"),
+                   ("block_fraction", "blocks run"), ("text_s", "text ms"), ("sampling_s", "sampling ms"),
+                   ("decode_s", "decode ms"), ("total_s", "total ms"), ("sampling_speedup", "sampling speed-up"),
+                   ("total_speedup", "end-to-end speed-up"), ("rtf", "real-time factor")]
+METRIC_KEYS = ["fad", "fad_inf", "mmd", "density", "recall", "coverage", "tempo_err_bpm", "instrument_acc",
+               "key_acc", "n_samples"]
+
+
+def _fmt(key: str, value) -> str:
+    if isinstance(value, float):
+        if key.endswith("_s"):
+            return f"{1000 * value:.1f}"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(k, r.get(k, ''))}</td>" for k, _ in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def latency_plot(entries: list[dict], metrics: dict[str, dict]) -> str:
+    """Sampling latency per case (bars), or latency vs FAD (the Pareto picture) when metrics.json
+    files give a FAD for the same model + case labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    points = [(e["sampling_s"] * 1000, metrics[k]["fad"], k) for e in entries
+              if (k := f"{e['method']} {e['case']}") in metrics and "fad" in metrics[k]]
+    if points:
+        for x, y, label in points:
+            ax.scatter(x, y)
+            ax.annotate(label, (x, y), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling latency, batch 1 (ms)")
+        ax.set_ylabel("FAD (lower is better)")
+        ax.set_title("quality vs latency")
+    else:
+        labels = [f"{e['method']}\n{e['case']}" for e in entries]
+        ax.barh(labels, [1000 * e["sampling_s"] for e in entries])
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling latency, batch 1 (ms, log scale)")
+        ax.invert_yaxis()
+    return _png(fig)
+
+
+def training_curves(run: Path, tags: tuple[str, ...] = ("loss", "eval_loss", "loss_dm", "loss_fake",
+                                                        "loss_cd", "loss_st")) -> str | None:
+    """A plot of the run's TensorBoard scalars (rank 0's event files), or None when there are none."""
+    events = sorted((run / "tensorboard").glob("events.out.tfevents.*")) if (run / "tensorboard").is_dir() else []
+    if not events:
+        return None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for file in events:
+        acc = EventAccumulator(str(file))
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            name = tag.split("/")[-1]
+            if name in tags:
+                series.setdefault(name, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(run.name)
+    return _png(fig)
+
+
+def audio_cell(wav: Path) -> str:
+    """A mel spectrogram image and an audio player for one WAV file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import soundfile as sf
+    import torch
+    import torchaudio
+
+    audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+    mono = torch.from_numpy(audio.mean(1))
+    mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=64)(mono)
+    fig, ax = plt.subplots(figsize=(3.2, 1.6))
+    ax.imshow(np.log(mel.numpy() + 1e-6), origin="lower", aspect="auto", cmap="magma")
+    ax.set_axis_off()
+    image = _png(fig)
+    sound = "data:audio/wav;base64," + base64.b64encode(wav.read_bytes()).decode()
+    return (f"<figure><figcaption>{html.escape(wav.stem)}</figcaption><img src=\"{image}\" alt=\"mel spectrogram\">"
+            f"<audio controls src=\"{sound}\"></audio></figure>")
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}
+figure{display:inline-block;margin:6px;vertical-align:top}figure img{display:block}audio{width:320px}"""
+
+
+def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: list[str | Path] = (),
+                 runs: list[str | Path] = (), audio: list[str | Path] = (), title: str = "presto_ray report") -> Path:
+    """Write report.html to ``out`` from latency.json files, metrics.json files (each holding a
+    "model"/"case" label or a list under "entries"), run folders (training curves) and audio
+    folders (WAV files). Missing inputs are errors that name the file."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    entries: list[dict] = []
+    hardware = []
+    for file in map(Path, latency):
+        if not file.is_file():
+            raise FileNotFoundError(f"latency file '{file}' does not exist")
+        doc = json.loads(file.read_text())
+        entries += doc.get("entries", [])
+        hardware.append(doc.get("hardware", {}))
+    metric_rows: dict[str, dict] = {}
+    for file in map(Path, metrics):
+        if not file.is_file():
+            raise FileNotFoundError(f"metrics file '{file}' does not exist")
+        doc = json.loads(file.read_text())
+        for row in doc.get("entries", [doc]):
+            label = row.get("label") or f"{row.get('method', row.get('model', file.stem))} {row.get('case', '')}".strip()
+            metric_rows[label] = row
+    if entries:
+        parts.append("<h2>Latency (batch 1, one clip)</h2>")
+        parts.append(_table(entries, LATENCY_COLUMNS))
+        for hw in hardware:
+            parts.append(f"<p>hardware: {html.escape(json.dumps(hw))}</p>")
+    if metric_rows:
+        parts.append("<h2>Quality</h2>")
+        rows = [{"label": k, **v} for k, v in metric_rows.items()]
+        parts.append(_table(rows, [("label", "model")] + [(k, k) for k in METRIC_KEYS if any(k in r for r in rows)]))
+    if entries:
+        parts.append(f"<h2>Latency vs quality</h2><img src=\"{latency_plot(entries, metric_rows)}\" alt=\"latency plot\">")
+    curves = [(Path(r), training_curves(Path(r))) for r in runs]
+    if any(c for _, c in curves):
+        parts.append("<h2>Training curves</h2>")
+        parts += [f"<img src=\"{c}\" alt=\"training curves of {html.escape(r.name)}\">" for r, c in curves if c]
+    for folder in map(Path, audio):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"audio folder '{folder}' does not exist")
+        wavs = sorted(folder.glob("*.wav"))
+        parts.append(f"<h2>Audio: {html.escape(folder.name)}</h2>" + "".join(audio_cell(w) for w in wavs))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part.html")
+    tmp.write_text(f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+                   f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    tmp.replace(out)
+    log.info("wrote %s", out)
+    return out
