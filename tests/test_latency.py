@@ -85,12 +85,20 @@ def test_report_folds_latency_metrics_curves_and_audio_into_one_html(exports, tm
     audio.mkdir()
     for i in range(2):
         sf.write(str(audio / f"{i:03d}_clip.wav"), 0.1 * np.sin(np.arange(16000) * 0.05 * (i + 1)), 16000)
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    writer = SummaryWriter(str(run / "tensorboard"))
+    for step in range(1, 6):
+        writer.add_scalar("train/loss", 1.0 / step, step)
+    writer.close()
     out = tmp_path / "report.html"
     assert main(["report", "--latency", str(latency), "--metrics", str(metrics), "--audio", str(audio),
-                 "--out", str(out)]) == 0
+                 "--run", str(run), "--out", str(out)]) == 0
     page = out.read_text()
     assert page.count("<tr>") == 1 + 3 + 1 + 2  # latency header + 3 cases, quality header + 2 models
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1 + 2  # plot + 2 spectrograms
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1 + 1 + 2  # plot, curves, 2 spectrograms
+    assert 'alt="training curves of run"' in page
     assert len(re.findall(r'<audio controls src="data:audio/wav;base64,', page)) == 2
     assert ">2.9<" in page and "presto-s" in page
     assert main(["report", "--latency", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
