@@ -44,6 +44,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "==> Python packages: torch/torchaudio 2.11, Ray 2.60, DeepSpeed 0.19, transformers, ... (several GB once)"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
+echo "==> musicnn 0.1.0 (pretrained MTT_musicnn weights for the evaluation embedding; --no-deps: its metadata pins numpy<1.17)"
+"$VENV/bin/python" -m pip install -q --no-deps musicnn==0.1.0
 
 if [ "$run_quickstart" = 1 ]; then
   echo "==> presto-ray quickstart --out $out"
