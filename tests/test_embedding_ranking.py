@@ -23,8 +23,9 @@ def _render(piece, soundfont: str) -> np.ndarray | None:
     return None if record is None else record["audio"]
 
 
-@pytest.fixture(scope="module")
-def features():
+def feature_sets() -> dict[str, np.ndarray]:
+    """musicnn features [frames, 200] of set A and of the four sets compared with it
+    (benchmarks/embedding_separation.py prints their distances)."""
     from presto_ray.eval.musicnn import MusicnnEmbedder
 
     pieces = [p for p in m.list_pieces() if p.collection in ("essenFolksong", "oneills1850")][:240:10]
@@ -45,6 +46,11 @@ def features():
     assert min(len(v) for v in sets.values()) >= 10
     embedder = MusicnnEmbedder()
     return {k: np.concatenate([embedder.embed(a, 16000)["features"].numpy() for a in v]) for k, v in sets.items()}
+
+
+@pytest.fixture(scope="module")
+def features():
+    return feature_sets()
 
 
 @pytest.mark.parametrize("degraded", ["other_soundfont", "noise_10db", "lowpass"])
