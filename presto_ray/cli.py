@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 PENDING = {
-    "evaluate": "issue #5 (FAD, MMD, diversity, prompt adherence)",
     "sweep": "issue #6 (Ray Tune sweeps)",
 }
 
@@ -69,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", action="append", default=[], help="a folder of WAV files to show and play (repeatable)")
     p.add_argument("--out", default="report.html", help="output file (default ./report.html)")
     p.add_argument("--title", default="presto_ray report")
+
+    p = sub.add_parser("evaluate", help="generate for held-out prompts, embed with musicnn -> metrics.json",
+                       description="Generates one clip per held-out prompt of a shard set, embeds generated "
+                                   "audio and the held-out latents decoded by the codec with musicnn, and writes "
+                                   "metrics.json (fad, fad_inf, mmd, precision, density, recall, coverage, "
+                                   "tempo_err_bpm, key_acc, ...) and the audio to --out.")
+    p.add_argument("--checkpoint", required=True, help="export, step or run folder of the model to evaluate")
+    p.add_argument("--data", required=True, help="held-out shard set (e.g. data/tiny/valid; local or s3://)")
+    p.add_argument("--out", default="eval", help="output folder (metrics.json, audio/)")
+    p.add_argument("-n", "--num-samples", type=int, default=32, help="prompts to generate (default 32)")
+    p.add_argument("--steps", type=int, help="sampler steps (default from the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mmd-bandwidth", type=float, default=10.0)
+    p.add_argument("--mmd-scale", type=float, default=1000.0)
 
     p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
     _config_args(p)
@@ -172,6 +186,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from presto_ray.eval.evaluate import evaluate
+
+    metrics = evaluate(args.checkpoint, args.data, args.out, n=args.num_samples, steps=args.steps,
+                       batch_size=args.batch_size, seed=args.seed, mmd_bandwidth=args.mmd_bandwidth,
+                       mmd_scale=args.mmd_scale)
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from presto_ray.data.prepare import prepare
     from presto_ray.train.cluster import ensure_ray
@@ -240,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
-    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "report": cmd_report, "generate": cmd_generate, "export": cmd_export,
+    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "report": cmd_report, "evaluate": cmd_evaluate, "generate": cmd_generate, "export": cmd_export,
                "quickstart": cmd_quickstart}[args.command]
     t0 = time.perf_counter()
     try:

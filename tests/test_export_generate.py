@@ -129,8 +129,8 @@ def test_cli_help_pending_and_errors(tmp_path):
     for command in ["prepare", "train-teacher", "distill", "evaluate", "benchmark", "report", "generate", "export",
                     "sweep", "quickstart"]:
         assert command in res.stdout
-    res = _cli("evaluate", "--config", "tiny")
-    assert res.returncode == 2 and "not implemented yet" in res.stderr and "#5" in res.stderr
+    res = _cli("sweep", "--config", "tiny")
+    assert res.returncode == 2 and "not implemented yet" in res.stderr and "#6" in res.stderr
     res = _cli("distill", "--config", "tiny")  # refused before Ray starts
     assert res.returncode == 2 and "distill.teacher" in res.stderr
     res = _cli("distill", "--method", "presto-l", "--teacher", str(tmp_path / "no-teacher"))

@@ -126,12 +126,13 @@ def caption_key(caption: str) -> str | None:
     return normalise_key(f"{m.group(1)} {m.group(2)}") if m else None
 
 
-def adherence(audio, sample_rate: int, caption: str) -> dict[str, float]:
+def adherence(audio, sample_rate: int, caption: str, bpm: float | None = None) -> dict[str, float]:
     """Tempo and key agreement of one clip with its caption; keys absent when the caption does not
     name a tempo or key. key_match: 1.0 when the estimated key is the caption's, else 0.0;
-    key_correlation: how well the clip's chroma fits the caption's key profile."""
+    key_correlation: how well the clip's chroma fits the caption's key profile. ``bpm`` overrides
+    the caption's tempo (e.g. the prompt's own BPM field)."""
     out: dict[str, float] = {}
-    bpm = caption_bpm(caption)
+    bpm = caption_bpm(caption) if bpm is None or not np.isfinite(bpm) else float(bpm)
     if bpm is not None:
         est = estimate_tempo(audio, sample_rate)
         out.update({"tempo_bpm": est, **tempo_errors(est, bpm)})
