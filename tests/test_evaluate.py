@@ -48,11 +48,11 @@ def test_evaluate_writes_metrics_and_audio(held_out, teacher, tmp_path):
                  "-n", "10", "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("fad", "fad_inf", "mmd", "precision", "density", "recall", "coverage", "tempo_err_bpm",
-                "tempo_err_octave_bpm", "key_acc"):
+                "tempo_err_octave_bpm", "key_acc", "instrument_acc"):
         assert math.isfinite(metrics[key]), key
     assert metrics["n_samples"] == 10 and metrics["n_frames"] == 10  # one 3-s patch per 4.1-s clip
     assert metrics["steps"] == 2 and metrics["sampler"] == "teacher" and metrics["role"] == "teacher"
-    assert 0.0 <= metrics["key_acc"] <= 1.0 and metrics["fad"] > 0
+    assert 0.0 <= metrics["key_acc"] <= 1.0 and 0.0 <= metrics["instrument_acc"] <= 1.0 and metrics["fad"] > 0
     wavs = sorted((out / "audio").glob("*.wav"))
     assert len(wavs) == 10
     audio, rate = sf.read(str(wavs[0]))

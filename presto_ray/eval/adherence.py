@@ -142,3 +142,51 @@ def adherence(audio, sample_rate: int, caption: str, bpm: float | None = None) -
         out.update({"key_match": float(est_key == key),
                     "key_correlation": key_correlation(chroma(audio, sample_rate), key)})
     return out
+
+
+# Instrument agreement. MagnaTagATune's tags name few instruments, and musicnn confuses those
+# within a family (a FluidSynth piano tags as "guitar", a cello as "violin"), so agreement is
+# scored per family: the family of the clip's strongest instrument tag against the families of
+# the instruments its caption names. Instruments without an MTT family (brass, reeds) are not scored.
+TAG_FAMILIES = {
+    "keys and plucked": ("piano", "harpsichord", "guitar", "harp", "sitar"),
+    "bowed strings": ("violin", "cello", "strings"),
+    "flutes": ("flute",),
+    "voices": ("choir", "choral", "vocal", "vocals", "voice", "singing"),
+}
+INSTRUMENT_FAMILIES = {
+    "keys and plucked": ("piano", "harpsichord", "celesta", "music box", "vibraphone", "marimba", "dulcimer",
+                         "classical guitar", "acoustic guitar", "guitar", "harp", "banjo", "sitar", "pizzicato strings"),
+    "bowed strings": ("violin", "viola", "cello", "double bass", "strings", "fiddle"),
+    "flutes": ("flute", "piccolo", "recorder", "pan flute", "tin whistle", "ocarina"),
+    "voices": ("choir", "voices"),
+}
+
+
+def caption_families(caption: str) -> set[str]:
+    """Instrument families named in a caption (longest instrument names matched first)."""
+    text = caption.lower()
+    found = set()
+    names = sorted(((n, fam) for fam, ns in INSTRUMENT_FAMILIES.items() for n in ns), key=lambda x: -len(x[0]))
+    for name, family in names:
+        pattern = rf"\b{re.escape(name)}s?\b"
+        if re.search(pattern, text):
+            found.add(family)
+            text = re.sub(pattern, " ", text)
+    return found
+
+
+def tag_family(tag_probs, tag_names) -> str:
+    """The family of the strongest instrument tag: tag_probs [50] (mean over patches)."""
+    probs = dict(zip(tag_names, np.asarray(tag_probs, dtype=np.float64)))
+    best = max(((probs[t], fam) for fam, tags in TAG_FAMILIES.items() for t in tags if t in probs))
+    return best[1]
+
+
+def instrument_match(tag_probs, tag_names, caption: str) -> float | None:
+    """1.0 when the clip's strongest instrument-tag family is one the caption names, 0.0 when not,
+    None when the caption names no scorable instrument."""
+    families = caption_families(caption)
+    if not families:
+        return None
+    return float(tag_family(tag_probs, tag_names) in families)

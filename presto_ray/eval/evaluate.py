@@ -4,7 +4,8 @@ with musicnn, and write metrics.json (METHOD.md section 6).
 The reference is the held-out latents decoded by the same codec ("real audio through the
 codec"), so the generator's error is measured apart from the codec's. Keys of metrics.json are
 stable: fad, fad_inf, mmd, precision, density, recall, coverage, tempo_err_bpm,
-tempo_err_octave_bpm, key_acc, n_samples, n_frames, steps, sampler, model, data.
+tempo_err_octave_bpm, key_acc, instrument_acc (instrument family of musicnn's strongest
+instrument tag vs the caption's), n_samples, n_frames, steps, sampler, model, data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from presto_ray.eval.adherence import adherence
+from presto_ray.eval.adherence import adherence, instrument_match
 from presto_ray.eval.metrics import fad, fad_inf, gaussian_stats, mmd, prdc
 from presto_ray.generate import MusicGenerator, Prompt, write_wav
 
@@ -44,7 +45,7 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
              k: int = 5) -> dict:
     """Evaluate the model at ``checkpoint`` on ``n`` prompts of ``data_uri``; writes
     ``out_dir/metrics.json`` and ``out_dir/audio/*.wav``; returns the metrics."""
-    from presto_ray.eval.musicnn import MusicnnEmbedder
+    from presto_ray.eval.musicnn import MTT_TAGS, MusicnnEmbedder
 
     out = Path(out_dir)
     rows = held_out_rows(data_uri, n, seed)
@@ -58,7 +59,8 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
         write_wav(out / "audio" / f"{i:03d}_{rows[i]['id']}.wav", wav, gen.sample_rate)
 
     embedder = MusicnnEmbedder()
-    gen_feats = np.concatenate([embedder.embed(w, gen.sample_rate)["features"].numpy() for w in generated])
+    gen_out = [embedder.embed(w, gen.sample_rate) for w in generated]
+    gen_feats = np.concatenate([o["features"].numpy() for o in gen_out])
     ref_feats = np.concatenate([embedder.embed(w, gen.sample_rate)["features"].numpy() for w in reference])
     metrics: dict = {"fad": fad(gen_feats, ref_feats), "mmd": mmd(gen_feats, ref_feats, bandwidth=mmd_bandwidth,
                                                                    scale=mmd_scale)}
@@ -68,8 +70,12 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     if min(len(gen_feats), len(ref_feats)) > k:
         metrics.update(prdc(ref_feats, gen_feats, k=k))
     scores = [adherence(w, gen.sample_rate, p.text, p.bpm) for w, p in zip(generated, prompts)]
+    for score, o, p in zip(scores, gen_out, prompts):
+        match = instrument_match(o["tags"].numpy().mean(0), MTT_TAGS, p.text)
+        if match is not None:
+            score["instrument_match"] = match
     for key, name in (("tempo_err_bpm", "tempo_err_bpm"), ("tempo_err_octave_bpm", "tempo_err_octave_bpm"),
-                      ("key_match", "key_acc")):
+                      ("key_match", "key_acc"), ("instrument_match", "instrument_acc")):
         values = [s[key] for s in scores if key in s]
         if values:
             metrics[name] = float(np.mean(values))
