@@ -81,3 +81,16 @@ def test_evaluate_refuses_an_empty_caption(held_out, teacher, tmp_path):
     assert main(["evaluate", "--checkpoint", str(teacher), "--data", str(bad), "--out", str(tmp_path / "e"),
                  "-n", "12", "--steps", "1"]) == 2  # refused before anything is generated
     assert not (tmp_path / "e").exists()
+
+
+def test_generation_on_ray_actors_equals_the_single_process_run(held_out, teacher, tmp_path):
+    from presto_ray.eval.evaluate import evaluate
+
+    local = evaluate(str(teacher), str(held_out), tmp_path / "local", n=6, steps=2, batch_size=2)
+    spread = evaluate(str(teacher), str(held_out), tmp_path / "actors", n=6, steps=2, batch_size=2, num_workers=2)
+    local_wavs = sorted((tmp_path / "local" / "audio").glob("*.wav"))
+    actor_wavs = sorted((tmp_path / "actors" / "audio").glob("*.wav"))
+    assert [w.name for w in local_wavs] == [w.name for w in actor_wavs] and len(local_wavs) == 6
+    for a, b in zip(local_wavs, actor_wavs):
+        assert a.read_bytes() == b.read_bytes()
+    assert spread["fad"] == pytest.approx(local["fad"])

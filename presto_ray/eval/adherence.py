@@ -25,7 +25,7 @@ MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.
 
 
 def _mono(audio, sample_rate: int, target: int) -> torch.Tensor:
-    wav = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+    wav = torch.as_tensor(np.array(audio, dtype=np.float32))  # a copy: arrays from Ray are read-only
     if wav.ndim == 2:
         wav = wav.mean(0)
     if wav.ndim != 1 or wav.numel() == 0:

@@ -40,11 +40,40 @@ def held_out_rows(uri: str, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+class _GeneratorActor:
+    """A Ray actor holding one loaded model (see :func:`generate_distributed`)."""
+
+    def __init__(self, checkpoint: str, steps: int | None) -> None:
+        self.gen = MusicGenerator(checkpoint)
+        self.steps = steps
+
+    def generate(self, prompts: list[Prompt]) -> list[np.ndarray]:
+        return self.gen.generate(prompts, batch_size=len(prompts), progress=False, steps=self.steps)
+
+
+def generate_distributed(checkpoint: str, prompts: list[Prompt], *, num_workers: int, batch_size: int,
+                         steps: int | None = None, gpus_per_worker: float = 0.0) -> list[np.ndarray]:
+    """Generate ``prompts`` on ``num_workers`` Ray actors, each loading the model once; batches of
+    ``batch_size`` are handed out as actors free up and come back in prompt order. Each prompt's
+    noise comes from its own seed, so the audio equals a single-process run's."""
+    import ray
+    from ray.util import ActorPool
+
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(_GeneratorActor)
+    pool = ActorPool([actor.remote(checkpoint, steps) for _ in range(num_workers)])
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    out: list[np.ndarray] = []
+    for wavs in pool.map(lambda a, batch: a.generate.remote(batch), batches):
+        out.extend(wavs)
+    return out
+
+
 def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32, steps: int | None = None,
              batch_size: int = 8, seed: int = 0, mmd_bandwidth: float = 10.0, mmd_scale: float = 1000.0,
-             k: int = 5) -> dict:
+             k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0) -> dict:
     """Evaluate the model at ``checkpoint`` on ``n`` prompts of ``data_uri``; writes
-    ``out_dir/metrics.json`` and ``out_dir/audio/*.wav``; returns the metrics."""
+    ``out_dir/metrics.json`` and ``out_dir/audio/*.wav``; returns the metrics. ``num_workers`` > 0
+    generates on that many Ray actors (see :func:`generate_distributed`)."""
     from presto_ray.eval.musicnn import MTT_TAGS, MusicnnEmbedder
 
     out = Path(out_dir)
@@ -52,7 +81,11 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     gen = MusicGenerator(checkpoint)
     prompts = [Prompt(str(r["caption"]), None if not math.isfinite(float(r["bpm"])) else float(r["bpm"]), None, seed + i)
                for i, r in enumerate(rows)]
-    generated = gen.generate(prompts, batch_size=batch_size, progress=True, steps=steps)
+    if num_workers > 0:
+        generated = generate_distributed(str(checkpoint), prompts, num_workers=num_workers, batch_size=batch_size,
+                                         steps=steps, gpus_per_worker=gpus_per_worker)
+    else:
+        generated = gen.generate(prompts, batch_size=batch_size, progress=True, steps=steps)
     reference = gen.codec.decode(torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in rows])))
     reference = reference.cpu().numpy().astype(np.float32)
     for i, wav in enumerate(generated):

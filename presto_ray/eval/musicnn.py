@@ -283,7 +283,7 @@ class MusicnnEmbedder:
         self.fbank = mel_filterbank().to(self.device)
 
     def _to_mono16k(self, audio, sample_rate: int) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio)
+        x = torch.as_tensor(np.array(audio, dtype=np.float32) if not torch.is_tensor(audio) else audio)  # a copy: arrays from Ray are read-only
         x = x.detach().to(self.device, torch.float32)
         if x.dim() == 2:
             x = x.mean(dim=0)  # [C, N] -> mono, like librosa.load(mono=True)
