@@ -20,6 +20,12 @@ from presto_ray.train.export import write_export
 pytest.importorskip("musicnn", reason="the musicnn weights come with `pip install --no-deps musicnn==0.1.0`")
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Reference embeddings are cached under PRESTO_CACHE: keep each test's cache to itself."""
+    monkeypatch.setenv("PRESTO_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory, ray_cluster):
     from test_reader import make_rows, write  # shard helpers: latent [32, 128], captions, bpm
@@ -94,3 +100,16 @@ def test_generation_on_ray_actors_equals_the_single_process_run(held_out, teache
     for a, b in zip(local_wavs, actor_wavs):
         assert a.read_bytes() == b.read_bytes()
     assert spread["fad"] == pytest.approx(local["fad"])
+
+
+def test_reference_embeddings_are_cached_per_shard_set(held_out, teacher, tmp_path):
+    from presto_ray.eval.evaluate import evaluate
+
+    first = evaluate(str(teacher), str(held_out), tmp_path / "a", n=4, steps=1)
+    cached = list((tmp_path / "cache" / "eval").glob("reference-*.npy"))
+    assert len(cached) == 1 and first["reference_cache"] == str(cached[0])
+    stamp = cached[0].stat().st_mtime_ns
+    second = evaluate(str(teacher), str(held_out), tmp_path / "b", n=4, steps=1)
+    assert cached[0].stat().st_mtime_ns == stamp and second["fad"] == first["fad"]  # read, not rebuilt
+    evaluate(str(teacher), str(held_out), tmp_path / "c", n=5, steps=1)  # other rows: another entry
+    assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npy"))) == 2

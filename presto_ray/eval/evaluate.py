@@ -2,7 +2,8 @@
 with musicnn, and write metrics.json (METHOD.md section 6).
 
 The reference is the held-out latents decoded by the same codec ("real audio through the
-codec"), so the generator's error is measured apart from the codec's. Keys of metrics.json are
+codec"), so the generator's error is measured apart from the codec's. Its embeddings are cached
+per shard set (keyed by the manifest, the rows taken, the codec and the embedding). Keys of metrics.json are
 stable: fad, fad_inf, mmd, precision, density, recall, coverage, tempo_err_bpm,
 tempo_err_octave_bpm, key_acc, instrument_acc (instrument family of musicnn's strongest
 instrument tag vs the caption's), n_samples, n_frames, steps, sampler, model, data.
@@ -23,6 +24,8 @@ from presto_ray.eval.metrics import fad, fad_inf, gaussian_stats, mmd, prdc
 from presto_ray.generate import MusicGenerator, Prompt, write_wav
 
 log = logging.getLogger("presto_ray.evaluate")
+
+EMBEDDING = "musicnn MTT penultimate (200-d, 3-s patches)"
 
 
 def held_out_rows(uri: str, n: int, seed: int = 0) -> list[dict]:
@@ -68,6 +71,27 @@ def generate_distributed(checkpoint: str, prompts: list[Prompt], *, num_workers:
     return out
 
 
+def cache_dir() -> Path:
+    """Where reference embeddings are cached: $PRESTO_CACHE/eval or ~/.cache/presto_ray/eval."""
+    import os
+
+    root = os.environ.get("PRESTO_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "presto_ray") / "eval"
+
+
+def reference_key(data_uri: str, n: int, seed: int, codec: dict, embedding: str) -> str:
+    """Cache key of a reference set: the shard set's manifest (its checksums name its content), the
+    rows taken, the codec that decodes them and the embedding."""
+    import hashlib
+
+    from presto_ray.data import storage
+
+    manifest = storage.read_bytes(storage.join(data_uri, "manifest.json"))
+    h = hashlib.sha256(manifest)
+    h.update(json.dumps({"n": n, "seed": seed, "codec": codec, "embedding": embedding}, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
 def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32, steps: int | None = None,
              batch_size: int = 8, seed: int = 0, mmd_bandwidth: float = 10.0, mmd_scale: float = 1000.0,
              k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0) -> dict:
@@ -86,15 +110,24 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                                          steps=steps, gpus_per_worker=gpus_per_worker)
     else:
         generated = gen.generate(prompts, batch_size=batch_size, progress=True, steps=steps)
-    reference = gen.codec.decode(torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in rows])))
-    reference = reference.cpu().numpy().astype(np.float32)
     for i, wav in enumerate(generated):
         write_wav(out / "audio" / f"{i:03d}_{rows[i]['id']}.wav", wav, gen.sample_rate)
 
     embedder = MusicnnEmbedder()
     gen_out = [embedder.embed(w, gen.sample_rate) for w in generated]
     gen_feats = np.concatenate([o["features"].numpy() for o in gen_out])
-    ref_feats = np.concatenate([embedder.embed(w, gen.sample_rate)["features"].numpy() for w in reference])
+    key = reference_key(str(data_uri), len(rows), seed, gen.export.cfg.codec.model_dump(mode="json"), EMBEDDING)
+    cached = cache_dir() / f"reference-{key}.npy"
+    if cached.is_file():
+        ref_feats = np.load(cached, allow_pickle=False)
+    else:
+        latents = torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in rows]))
+        reference = gen.codec.decode(latents).cpu().numpy().astype(np.float32)
+        ref_feats = np.concatenate([embedder.embed(w, gen.sample_rate)["features"].numpy() for w in reference])
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".part.npy")
+        np.save(tmp, ref_feats)
+        tmp.replace(cached)
     metrics: dict = {"fad": fad(gen_feats, ref_feats), "mmd": mmd(gen_feats, ref_feats, bandwidth=mmd_bandwidth,
                                                                    scale=mmd_scale)}
     if len(gen_feats) >= 8:
@@ -116,7 +149,7 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                     "role": gen.role, "method": gen.export.cfg.distill.method if gen.role == "generator" else "teacher",
                     "sampler": gen.sampler, "steps": steps or (gen.export.cfg.sampler.steps if gen.sampler == "teacher"
                                                                else gen.export.cfg.distill.student_steps),
-                    "data": str(data_uri), "embedding": "musicnn MTT penultimate (200-d, 3-s patches)"})
+                    "data": str(data_uri), "embedding": EMBEDDING, "reference_cache": str(cached)})
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("wrote %s", out / "metrics.json")
