@@ -111,7 +111,8 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     else:
         generated = gen.generate(prompts, batch_size=batch_size, progress=True, steps=steps)
     for i, wav in enumerate(generated):
-        write_wav(out / "audio" / f"{i:03d}_{rows[i]['id']}.wav", wav, gen.sample_rate)
+        slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(rows[i]["id"]))[:60]
+        write_wav(out / "audio" / f"{i:03d}_{slug}.wav", wav, gen.sample_rate)
 
     embedder = MusicnnEmbedder()
     gen_out = [embedder.embed(w, gen.sample_rate) for w in generated]
