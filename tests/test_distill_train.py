@@ -263,3 +263,12 @@ def test_presto_ls_refuses_an_init_from_another_teacher(tiny_config, tone_data, 
         "distill.method": "presto-ls", "distill.init": str(tmp_path / "pl-other" / "export")})
     with pytest.raises(ValueError, match="does not match distill.teacher in its model settings"):
         prepare_distill(cfg)
+
+
+def test_teacher_paths_are_recorded_absolute(tiny_config, teacher_export, tmp_path, monkeypatch):
+    from presto_ray.train.distill import prepare_distill
+
+    monkeypatch.chdir(teacher_export.parent.parent)
+    relative = f"{teacher_export.parent.name}/{teacher_export.name}"
+    resolved, *_ = prepare_distill(_cfg(tiny_config, tmp_path, "abs", relative))
+    assert resolved.distill.teacher == str(teacher_export.resolve())  # a relaunch from elsewhere still matches

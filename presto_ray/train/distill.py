@@ -66,6 +66,10 @@ def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, di
         check_same_teacher(init, teacher, d.init)
         init_cfg = init.cfg
     resolved = resolve_config(cfg, teacher.cfg, init_cfg)
+    # absolute local paths: a relaunch from another directory (or spelling) names the same teacher
+    absolute = {k: (v if v is None or storage.is_remote(v) else str(storage.local_path(v)))
+                for k, v in (("teacher", d.teacher), ("init", d.init))}
+    resolved = resolved.model_copy(update={"distill": resolved.distill.model_copy(update=absolute)})
     teacher_loc = (d.teacher if storage.is_remote(d.teacher) else str(storage.local_path(d.teacher))).rstrip("/")
     run_loc = run_uri(resolved)
     if teacher_loc == run_loc or teacher_loc.startswith(run_loc + "/"):
