@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from presto_ray.distill.roles import Roles, TrainedRole, frozen
+from presto_ray.distill.roles import Guard, Roles, TrainedRole, allow_all, frozen, guarded_step
 from presto_ray.edm.guidance import ClassifierFreeGuidance
 from presto_ray.edm.noise import standard_normal
 from presto_ray.edm.precond import expand_sigma, first_output
 from presto_ray.edm.schedule import karras_sigmas
-
-Guard = Callable[[str, Tensor], bool]
-
-
-def _allow_all(role: str, loss: Tensor) -> bool:
-    return True
-
 
 def heun_step(denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, cond: Any) -> Tensor:
     """One Heun step of the probability-flow ODE from sigma [B] to sigma_next [B] (> 0): x [B, ...]."""
@@ -73,7 +66,7 @@ class ConsistencyDistillation:
         return karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho, device=device)[:-1].flip(0)
 
     def step(self, roles: Roles, x0: Tensor, cond: Any, iteration: int, *,
-             generator: torch.Generator | None = None, guard: Guard = _allow_all) -> dict[str, Tensor]:
+             generator: torch.Generator | None = None, guard: Guard = allow_all) -> dict[str, Tensor]:
         if roles.target is None:
             raise ValueError("consistency distillation needs an EMA target network (Roles.target)")
         t = self.levels(x0.device)
@@ -89,13 +82,6 @@ class ConsistencyDistillation:
         pred = first_output(roles.generator(x_next, t_next, cond))
         loss = ((pred.float() - target.float()) ** 2).flatten(1).mean(1).mean()
         metrics = {"loss_cd": loss.detach()}
-        if guard("generator", loss.detach()):
-            roles.generator.backward(loss)
-            norm = roles.generator.step()
-            metrics["generator_updates"] = torch.ones(())
-            if norm is not None:
-                metrics["grad_norm_gen"] = torch.as_tensor(float(norm))
+        if guarded_step(roles.generator, loss, guard, metrics):
             update_target(roles.target, roles.generator, self.ema)
-        else:
-            metrics["skipped_generator"] = torch.ones(())
         return metrics

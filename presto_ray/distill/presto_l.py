@@ -13,22 +13,15 @@ with D_full the frozen teacher at full depth (the self-teacher).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from presto_ray.distill.budget import BudgetSchedule, draw_budgets
-from presto_ray.distill.roles import Roles
+from presto_ray.distill.roles import Guard, Roles, allow_all, guarded_step
 from presto_ray.edm.noise import NoiseDistribution, make_noise, standard_normal
 from presto_ray.edm.precond import expand_sigma, first_output, loss_weight
-
-Guard = Callable[[str, Tensor], bool]
-
-
-def _allow_all(role: str, loss: Tensor) -> bool:
-    return True
-
 
 def weighted_error(pred: Tensor, target: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
     """lambda(sigma) * mean over non-batch dims of (pred - target)^2: [B] float32."""
@@ -98,7 +91,7 @@ class PrestoL:
         return out
 
     def step(self, roles: Roles, x0: Tensor, cond: Any, iteration: int, *,
-             generator: torch.Generator | None = None, guard: Guard = _allow_all) -> dict[str, Tensor]:
+             generator: torch.Generator | None = None, guard: Guard = allow_all) -> dict[str, Tensor]:
         """One update of the generator. Returns scalar tensors."""
         out = self.losses(roles, x0, cond, generator)
         loss = out["loss"].mean()
@@ -106,14 +99,7 @@ class PrestoL:
                    "budget_mean": out["budget"].float().mean()}
         if "loss_st" in out:
             metrics["loss_st"] = out["loss_st"].mean()
-        if guard("generator", loss.detach()):
-            roles.generator.backward(loss)
-            norm = roles.generator.step()
-            metrics["generator_updates"] = torch.ones(())
-            if norm is not None:
-                metrics["grad_norm_gen"] = torch.as_tensor(float(norm))
-        else:
-            metrics["skipped_generator"] = torch.ones(())
+        guarded_step(roles.generator, loss, guard, metrics)
         return metrics
 
 

@@ -17,7 +17,7 @@ Every loss draws its own sigma and noise from the ``generator`` passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,20 +25,12 @@ from torch import Tensor
 from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser
 from presto_ray.distill.dmd import dmd_gradient, dmd_loss
 from presto_ray.distill.gan import GanLoss, discriminator_gan_loss, generator_gan_loss
-from presto_ray.distill.roles import Roles
+from presto_ray.distill.roles import Guard, Roles, allow_all, guarded_step
 from presto_ray.edm.guidance import ClassifierFreeGuidance
 from presto_ray.edm.loss import denoising_loss
 from presto_ray.edm.noise import NoiseDistribution, make_noise, standard_normal
 from presto_ray.edm.precond import expand_sigma
 from presto_ray.edm.schedule import karras_sigmas
-
-Guard = Callable[[str, Tensor], bool]
-"""guard(role_name, loss) -> False to skip that role's update (a non-finite loss)."""
-
-
-def _allow_all(role: str, loss: Tensor) -> bool:
-    return True
-
 
 def _stats(prefix: str, x: Tensor) -> dict[str, Tensor]:
     x = x.detach().float()
@@ -161,14 +153,7 @@ class PrestoS:
             total = total + self.nu1 * (x_hat.float() * grad.detach().float()).sum()
             metrics["loss_gen_gan"] = loss_adv.detach()
         metrics["loss_gen"] = loss_dm.detach() + self.nu1 * metrics.get("loss_gen_gan", 0.0)
-        if guard("generator", total.detach()):  # includes the adversarial gradient's surrogate
-            roles.generator.backward(total)
-            norm = roles.generator.step()
-            metrics["generator_updates"] = torch.ones(())
-            if norm is not None:
-                metrics["grad_norm_gen"] = torch.as_tensor(float(norm))
-        else:
-            metrics["skipped_generator"] = torch.ones(())
+        guarded_step(roles.generator, total, guard, metrics)  # the guard sees the adversarial surrogate too
         return metrics
 
     def guidance_turn(self, roles: Roles, x0: Tensor, x_fake: Tensor, cond: Any, generator, guard: Guard) -> dict:
@@ -190,17 +175,11 @@ class PrestoS:
             total = total + self.nu2 * loss_d
             metrics.update({"loss_disc": loss_d.detach(), "disc_real": logits_real.detach().float().mean(),
                             "disc_fake": logits_fake.detach().float().mean()})
-        if guard("guidance", total.detach()):
-            roles.guidance.backward(total)
-            norm = roles.guidance.step()
-            if norm is not None:
-                metrics["grad_norm_guidance"] = torch.as_tensor(float(norm))
-        else:
-            metrics["skipped_guidance"] = torch.ones(())
+        guarded_step(roles.guidance, total, guard, metrics)
         return metrics
 
     def step(self, roles: Roles, x0: Tensor, cond: Any, iteration: int, *,
-             generator: torch.Generator | None = None, guard: Guard = _allow_all) -> dict[str, Tensor]:
+             generator: torch.Generator | None = None, guard: Guard = allow_all) -> dict[str, Tensor]:
         """One iteration (generator turn when ``iteration % ttur == 0``, guidance turn always).
         x0: [B, ...] real (normalised) latents. Returns scalar tensors (DMD2's diagnostics)."""
         if roles.guidance is None:

@@ -82,3 +82,28 @@ def frozen(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+Guard = Callable[[str, Tensor], bool]
+"""guard(role_name, loss) -> False to skip that role's update (a non-finite loss)."""
+
+
+def allow_all(role: str, loss: Tensor) -> bool:
+    """The default guard: every update is applied."""
+    return True
+
+
+def guarded_step(role: TrainedRole, loss: Tensor, guard: Guard, metrics: dict[str, Tensor]) -> bool:
+    """Backward ``loss`` through ``role`` and step it, unless ``guard(role.name, loss)`` refuses.
+    Records ``<role>_updates`` and the gradient norm (``grad_norm_gen`` for the generator,
+    ``grad_norm_<role>`` otherwise) in ``metrics``, or ``skipped_<role>``. Returns whether it stepped."""
+    if not guard(role.name, loss.detach()):
+        metrics[f"skipped_{role.name}"] = torch.ones(())
+        return False
+    role.backward(loss)
+    norm = role.step()
+    metrics[f"{role.name}_updates"] = torch.ones(())
+    if norm is not None:
+        short = "gen" if role.name == "generator" else role.name
+        metrics[f"grad_norm_{short}"] = torch.as_tensor(float(norm))
+    return True

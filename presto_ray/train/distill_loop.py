@@ -36,7 +36,7 @@ from presto_ray.train.logbook import Logbook, Progress
 
 log = logging.getLogger("presto_ray.distill")
 
-COUNTERS = ("generator_updates", "skipped_generator", "skipped_guidance")
+COUNTERS = ("generator_updates", "guidance_updates", "skipped_generator", "skipped_guidance")
 """Step metrics summed over the logging window (the others are averaged)."""
 
 STEP_TRACE_ENV = "PRESTO_STEP_TRACE"
