@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0,
                    help="generate on this many Ray actors (default 0: in this process)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--clap", metavar="PATH", help="folder of a CLAP model (Hugging Face layout, safetensors): adds "
+                   "fad_clap, mmd_clap and clap_score")
     p.add_argument("--address", default=None, help="Ray cluster address (with --num-workers)")
 
     p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
@@ -201,7 +203,8 @@ def cmd_evaluate(args) -> int:
         ensure_ray(args.address, num_cpus=args.num_workers + 1)
     metrics = evaluate(args.checkpoint, args.data, args.out, n=args.num_samples, steps=args.steps,
                        batch_size=args.batch_size, seed=args.seed, mmd_bandwidth=args.mmd_bandwidth,
-                       mmd_scale=args.mmd_scale, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker)
+                       mmd_scale=args.mmd_scale, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+                       clap=args.clap)
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
     return 0
 

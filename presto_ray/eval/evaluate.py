@@ -1,12 +1,14 @@
 """``evaluate``: generate for held-out prompts of a shard set, embed generated and reference audio
-with musicnn, and write metrics.json (METHOD.md section 6).
+with musicnn (and CLAP when its weights are given), and write metrics.json (METHOD.md section 6).
 
 The reference is the held-out latents decoded by the same codec ("real audio through the
 codec"), so the generator's error is measured apart from the codec's. Its embeddings are cached
 per shard set (keyed by the manifest, the rows taken, the codec and the embedding). Keys of metrics.json are
 stable: fad, fad_inf, mmd, precision, density, recall, coverage, tempo_err_bpm,
 tempo_err_octave_bpm, key_acc, instrument_acc (instrument family of musicnn's strongest
-instrument tag vs the caption's), n_samples, n_frames, steps, sampler, model, data.
+instrument tag vs the caption's), n_samples, n_frames, steps, sampler, model, data, embedding; with
+CLAP also fad_clap, fad_inf_clap, mmd_clap, clap_score (mean cosine of each clip's audio embedding
+with its prompt's text embedding) and clap_embedding.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from presto_ray.generate import MusicGenerator, Prompt, write_wav
 
 log = logging.getLogger("presto_ray.evaluate")
 
-EMBEDDING = "musicnn MTT penultimate (200-d, 3-s patches)"
 
 
 def held_out_rows(uri: str, n: int, seed: int = 0) -> list[dict]:
@@ -92,13 +93,62 @@ def reference_key(data_uri: str, n: int, seed: int, codec: dict, embedding: str)
     return h.hexdigest()[:32]
 
 
+class _ReferenceAudio:
+    """The held-out latents decoded by the model's codec ([n, samples] float32), decoded once and only
+    when an embedder's reference features are not cached."""
+
+    def __init__(self, gen: MusicGenerator, rows: list[dict]):
+        self.gen, self.rows, self._audio = gen, rows, None
+
+    @property
+    def codec(self) -> dict:
+        return self.gen.export.cfg.codec.model_dump(mode="json")
+
+    def audio(self) -> np.ndarray:
+        if self._audio is None:
+            latents = torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in self.rows]))
+            self._audio = self.gen.codec.decode(latents).cpu().numpy().astype(np.float32)
+        return self._audio
+
+
+def reference_features(embedder, reference: _ReferenceAudio, data_uri: str, seed: int) -> tuple[np.ndarray, Path]:
+    """Frame embeddings [frames, D] of the reference audio by ``embedder``, read from or written to
+    the cache (atomically); returns them with the cache file."""
+    key = reference_key(str(data_uri), len(reference.rows), seed, reference.codec, embedder.name)
+    cached = cache_dir() / f"reference-{key}.npy"
+    if cached.is_file():
+        return np.load(cached, allow_pickle=False), cached
+    feats = np.concatenate([embedder.embed(w, reference.gen.sample_rate)["features"].cpu().numpy()
+                            for w in reference.audio()])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".part.npy")
+    np.save(tmp, feats)
+    tmp.replace(cached)
+    return feats, cached
+
+
+def distribution_metrics(gen_feats: np.ndarray, ref_feats: np.ndarray, *, mmd_bandwidth: float, mmd_scale: float,
+                         k: int = 5, seed: int = 0, prdc_too: bool = True) -> dict[str, float]:
+    """FAD, MMD, FAD-inf (8 or more generated frames) and precision/density/recall/coverage (more than
+    ``k`` frames on each side) between generated [n, D] and reference [m, D] frame embeddings."""
+    out = {"fad": fad(gen_feats, ref_feats), "mmd": mmd(gen_feats, ref_feats, bandwidth=mmd_bandwidth, scale=mmd_scale)}
+    if len(gen_feats) >= 8:
+        out["fad_inf"] = fad_inf(gen_feats, gaussian_stats(ref_feats), min_n=max(2, len(gen_feats) // 4),
+                                 points=min(25, len(gen_feats)), seed=seed)[0]
+    if prdc_too and min(len(gen_feats), len(ref_feats)) > k:
+        out.update(prdc(ref_feats, gen_feats, k=k))
+    return out
+
+
 def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32, steps: int | None = None,
              batch_size: int = 8, seed: int = 0, mmd_bandwidth: float = 10.0, mmd_scale: float = 1000.0,
-             k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0) -> dict:
+             k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0, clap=None) -> dict:
     """Evaluate the model at ``checkpoint`` on ``n`` prompts of ``data_uri``; writes
     ``out_dir/metrics.json`` and ``out_dir/audio/*.wav``; returns the metrics. ``num_workers`` > 0
-    generates on that many Ray actors (see :func:`generate_distributed`)."""
-    from presto_ray.eval.musicnn import MTT_TAGS, MusicnnEmbedder
+    generates on that many Ray actors (see :func:`generate_distributed`). ``clap``: the folder of a
+    CLAP model (or a loaded :class:`~presto_ray.eval.clap.ClapEmbedder`) adds fad_clap, fad_inf_clap,
+    mmd_clap and clap_score."""
+    from presto_ray.eval.embeddings import load_embedder
 
     out = Path(out_dir)
     rows = held_out_rows(data_uri, n, seed)
@@ -114,31 +164,28 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
         slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(rows[i]["id"]))[:60]
         write_wav(out / "audio" / f"{i:03d}_{slug}.wav", wav, gen.sample_rate)
 
-    embedder = MusicnnEmbedder()
+    embedder = load_embedder("musicnn")
     gen_out = [embedder.embed(w, gen.sample_rate) for w in generated]
     gen_feats = np.concatenate([o["features"].numpy() for o in gen_out])
-    key = reference_key(str(data_uri), len(rows), seed, gen.export.cfg.codec.model_dump(mode="json"), EMBEDDING)
-    cached = cache_dir() / f"reference-{key}.npy"
-    if cached.is_file():
-        ref_feats = np.load(cached, allow_pickle=False)
-    else:
-        latents = torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in rows]))
-        reference = gen.codec.decode(latents).cpu().numpy().astype(np.float32)
-        ref_feats = np.concatenate([embedder.embed(w, gen.sample_rate)["features"].numpy() for w in reference])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".part.npy")
-        np.save(tmp, ref_feats)
-        tmp.replace(cached)
-    metrics: dict = {"fad": fad(gen_feats, ref_feats), "mmd": mmd(gen_feats, ref_feats, bandwidth=mmd_bandwidth,
-                                                                   scale=mmd_scale)}
-    if len(gen_feats) >= 8:
-        metrics["fad_inf"] = fad_inf(gen_feats, gaussian_stats(ref_feats), min_n=max(2, len(gen_feats) // 4),
-                                     points=min(25, len(gen_feats)), seed=seed)[0]
-    if min(len(gen_feats), len(ref_feats)) > k:
-        metrics.update(prdc(ref_feats, gen_feats, k=k))
+    reference = _ReferenceAudio(gen, rows)
+    ref_feats, cached = reference_features(embedder, reference, data_uri, seed)
+    metrics = distribution_metrics(gen_feats, ref_feats, mmd_bandwidth=mmd_bandwidth, mmd_scale=mmd_scale, k=k,
+                                   seed=seed)
+    if clap is not None:
+        from presto_ray.eval.clap import ClapEmbedder, clap_score
+
+        clap_embedder = clap if isinstance(clap, ClapEmbedder) else load_embedder("clap", str(clap))
+        clap_gen = [clap_embedder.embed(w, gen.sample_rate)["features"] for w in generated]
+        clap_ref, _ = reference_features(clap_embedder, reference, data_uri, seed)
+        clap_metrics = distribution_metrics(torch.cat(clap_gen).numpy(), clap_ref, mmd_bandwidth=mmd_bandwidth,
+                                            mmd_scale=mmd_scale, k=k, seed=seed, prdc_too=False)
+        metrics.update({f"{name}_clap": v for name, v in clap_metrics.items()})
+        clips = torch.stack([torch.nn.functional.normalize(f.mean(0), dim=0) for f in clap_gen])
+        metrics["clap_score"] = clap_score(clips, clap_embedder.embed_text([p.text for p in prompts]))
+        metrics["clap_embedding"] = clap_embedder.name
     scores = [adherence(w, gen.sample_rate, p.text, p.bpm) for w, p in zip(generated, prompts)]
     for score, o, p in zip(scores, gen_out, prompts):
-        match = instrument_match(o["tags"].numpy().mean(0), MTT_TAGS, p.text)
+        match = instrument_match(o["tags"].numpy().mean(0), embedder.tag_names, p.text)
         if match is not None:
             score["instrument_match"] = match
     for key, name in (("tempo_err_bpm", "tempo_err_bpm"), ("tempo_err_octave_bpm", "tempo_err_octave_bpm"),
@@ -150,7 +197,7 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                     "role": gen.role, "method": gen.export.cfg.distill.method if gen.role == "generator" else "teacher",
                     "sampler": gen.sampler, "steps": steps or (gen.export.cfg.sampler.steps if gen.sampler == "teacher"
                                                                else gen.export.cfg.distill.student_steps),
-                    "data": str(data_uri), "embedding": EMBEDDING, "reference_cache": str(cached)})
+                    "data": str(data_uri), "embedding": embedder.name, "reference_cache": str(cached)})
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("wrote %s", out / "metrics.json")

@@ -262,6 +262,7 @@ class MusicnnEmbedder:
     to one patch when ``pad_short`` (musicnn itself fails on such input), else raises ValueError.
     """
 
+    name: str = "musicnn MTT penultimate (200-d, 3-s patches)"
     tag_names: tuple[str, ...] = MTT_TAGS
     sample_rate: int = SAMPLE_RATE
     feature_dim: int = 200
