@@ -93,6 +93,52 @@ def test_round_trip_through_ray_data(ray_cluster, s3_endpoint, tmp_path, where):
         np.testing.assert_array_equal(latent, index[rid]["latent"])
 
 
+def test_each_pass_reads_the_next_epochs_file_order_and_a_resume_continues_it(ray_cluster, tmp_path):
+    """Ray Train runs a worker's shard (a streaming split) once per epoch: pass e reads the files in
+    shuffled_files(seed, e) order, and a dataset built to resume at epoch 2 starts with that order."""
+    uri = str(tmp_path / "shards")
+    manifest = write(uri, make_rows(24), rows_per_shard=4)  # 6 files
+    first_ids = {f"r{4 * k:03d}": f"part-{k:05d}.parquet" for k in range(6)}
+    names = [f.name for f in manifest.files]
+
+    def file_orders(first_epoch: int, passes: int) -> list[list[str]]:
+        ds, _ = training_dataset(uri, seed=7, epoch=first_epoch, columns=["id"], preserve_order=True)
+        (shard,) = ds.streaming_split(1)
+        return [[first_ids[i] for i in (r["id"] for r in shard.iter_rows()) if i in first_ids] for _ in range(passes)]
+
+    orders = file_orders(0, 3)
+    assert orders == [shuffled_files(names, 7, e) for e in range(3)]
+    assert len({tuple(o) for o in orders}) == 3
+    assert file_orders(2, 1) == [orders[2]]
+
+
+def test_a_relaunched_run_reads_its_checkpoint_epochs_file_order_first(ray_cluster, tmp_path):
+    """training_data() resumes the file-order epochs at the newest finished checkpoint's epoch, and
+    the driver's checks read a separate probe dataset, so the workers' first pass is that epoch."""
+    from presto_ray.config import load_config
+    from presto_ray.train.teacher import resume_epoch, training_data
+
+    uri = str(tmp_path / "shards")
+    manifest = write(uri, make_rows(24), rows_per_shard=4)
+    cfg = load_config("tiny", ["data.source=shards", f"data.uri={uri}", f"run.storage_path={tmp_path / 'runs'}",
+                               "run.name=r", "train.seed=7", "text.max_tokens=32"])
+    assert resume_epoch(cfg) == 0  # a new run
+    run = tmp_path / "runs" / "r"
+    (run / "step_00000005").mkdir(parents=True)
+    (run / "step_00000005" / "meta.json").write_text(json.dumps({"step": 5, "epoch": 2}))
+    (run / "step_00000009").mkdir()  # being written when the run was killed: no meta.json yet
+    assert resume_epoch(cfg) == 2
+
+    data = training_data(cfg)
+    assert data.probe is not data.dataset
+    assert len(data.probe.take(4)) == 4  # the driver's checks do not advance the workers' epochs
+    data.dataset.context.execution_options.preserve_order = True
+    (shard,) = data.dataset.streaming_split(1)
+    by_bpm = {70 + i: f"part-{i // 4:05d}.parquet" for i in range(24)}
+    seen = list(dict.fromkeys(by_bpm[int(r["bpm"])] for r in shard.iter_rows()))
+    assert seen == shuffled_files([f.name for f in manifest.files], 7, 2)
+
+
 def _put_nan_row(folder, name: str, row: int) -> str:
     """Rewrite shard ``name`` with NaN in one latent value of ``row`` (manifest kept consistent)."""
     table = pq.read_table(folder / name)

@@ -3,8 +3,11 @@
 ``ray.data.read_parquet`` reads exactly the files listed in ``manifest.json`` (never whatever else
 lies in the folder), through the pyarrow filesystem of :func:`presto_ray.data.storage.resolve`, so
 local folders and ``s3://`` (endpoint override included) work alike. The file order is a
-permutation drawn from (seed, epoch); the per-row shuffle is left to the consumer's local shuffle
-buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``).
+permutation drawn from (seed, epoch), drawn anew at every execution of the dataset: Ray Train
+executes a worker's shard once per epoch, so epoch e reads the files in ``shuffled_files(names,
+seed, e)`` order, and a relaunch that resumes at epoch e (``first_epoch=e``) reads them exactly as
+the uninterrupted run would have. The per-row shuffle is left to the consumer's local shuffle buffer
+(``iter_torch_batches(local_shuffle_buffer_size=...)``).
 
 Bad rows (NaN/Inf in ``latent`` or ``text_states``) either stop the read with the file and row id
 named (``on_bad_rows="raise"``), or are dropped (``"skip"``): each dropped row is logged on the
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.data
+from ray.data import FileShuffleConfig
 
 from presto_ray.data import storage
 from presto_ray.data.batch import TRAIN_COLUMNS
@@ -64,10 +68,30 @@ class BadRowCounter:
         return sum(self.by_file().values())
 
 
+def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
+    """The seed of epoch ``epoch``'s file order."""
+    return np.random.SeedSequence([int(seed), int(epoch)])
+
+
 def shuffled_files(names: Sequence[str], seed: int, epoch: int) -> list[str]:
-    """``names`` in an order fixed by (seed, epoch): the same pair always gives the same order."""
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(names))
-    return [names[i] for i in order]
+    """``names`` in an order fixed by (seed, epoch): the same pair always gives the same order, and
+    it is the order :class:`EpochFileShuffle` makes Ray Data read them in at that epoch."""
+    order = list(names)
+    np.random.default_rng(epoch_seed(seed, epoch)).shuffle(order)
+    return order
+
+
+class EpochFileShuffle(FileShuffleConfig):
+    """Ray Data's file shuffle with one order per epoch: execution i of the dataset (Ray Train runs
+    one per epoch on each worker's shard) reads files in ``shuffled_files(names, seed, first_epoch + i)``
+    order (Ray shuffles the file list with ``np.random.default_rng(get_seed(i))``)."""
+
+    def __init__(self, seed: int, first_epoch: int = 0):
+        super().__init__(seed=int(seed), reseed_after_execution=True)
+        self.first_epoch = int(first_epoch)
+
+    def get_seed(self, execution_idx: int = 0) -> np.random.SeedSequence:
+        return epoch_seed(self.seed, self.first_epoch + execution_idx)
 
 
 def _fixed_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
@@ -127,7 +151,8 @@ def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] 
     text_states [L, Dt] float16, text_mask [L] bool, bpm float32 (and any other shard column asked
     for), so ``iter_torch_batches`` yields latent [B, C, T], text_states [B, L, Dt], text_mask [B, L].
 
-    Files are read in :func:`shuffled_files` order for (seed, epoch); ``preserve_order`` keeps that
+    The first execution reads files in :func:`shuffled_files` order for (seed, epoch), each later
+    execution in the next epoch's order (:class:`EpochFileShuffle`); ``preserve_order`` keeps that
     order in the output (otherwise blocks come as tasks finish). Missing files or size mismatches
     fail here, naming the file. Bad rows: see the module docstring; ``bad_rows`` counts the skips.
     Check the manifest against the model with ``validate.check_against_model`` before training."""
@@ -141,10 +166,9 @@ def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] 
         raise ValueError(f"columns {unknown} are not in the shards at {uri} (they hold {sorted(known)})")
     check_files(uri, manifest)
     fs, base = storage.resolve(uri)
-    order = shuffled_files([f.name for f in manifest.files], seed, epoch)
     read_columns = list(dict.fromkeys([*columns, "id"]))
-    ds = ray.data.read_parquet([f"{base}/{name}" for name in order], filesystem=fs, columns=read_columns,
-                               include_paths=True, file_extensions=None)
+    ds = ray.data.read_parquet([f"{base}/{f.name}" for f in manifest.files], filesystem=fs, columns=read_columns,
+                               include_paths=True, file_extensions=None, shuffle=EpochFileShuffle(seed, epoch))
     if preserve_order:
         ds.context.execution_options.preserve_order = True
     shapes = {"latent": tuple(manifest.latent_shape), "text_states": tuple(manifest.text_shape),

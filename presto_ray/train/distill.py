@@ -81,16 +81,16 @@ def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, addre
     """Distil (or resume) the student of ``cfg.distill.method``; returns the Ray Train ``Result``."""
     cfg, teacher, teacher_state, init_state = prepare_distill(cfg)  # before Ray starts: fails fast
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
-    bad_rows = None
+    bad_rows = probe = None
     if dataset is None:
-        dataset, _, bad_rows = training_data(cfg)
+        dataset, probe, _, bad_rows = training_data(cfg)
     extra = {"bad_rows": bad_rows, "teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model.model_dump(mode="json"),
              "init": ray.put(init_state) if init_state is not None else None,
              "step_trace": os.environ.get(STEP_TRACE_ENV)}
     log.info("distill %s: teacher %s (step %d), %d workers, %d steps", cfg.distill.method, cfg.distill.teacher,
              teacher.step, cfg.train.num_workers, cfg.train.steps)
     # the student normalises latents exactly as its teacher was trained
-    result = build_trainer(distill_worker, cfg, dataset, teacher.stats, extra).fit()
+    result = build_trainer(distill_worker, cfg, dataset, teacher.stats, extra, probe=probe).fit()
     log.info("distill run '%s' finished; latest checkpoint: %s", cfg.run.name,
              result.checkpoint.path if result.checkpoint else None)
     return result

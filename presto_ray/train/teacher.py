@@ -4,6 +4,7 @@ the DiT in DeepSpeed engines. Relaunching with the same run name and storage res
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import ray
@@ -33,46 +34,79 @@ def tone_dataset(cfg: PrestoConfig) -> tuple[ray.data.Dataset, LatentStats]:
     return ray.data.from_items(rows, override_num_blocks=blocks).materialize(), stats
 
 
-def shard_dataset(cfg: PrestoConfig, bad_rows=None) -> tuple[ray.data.Dataset, LatentStats]:
-    """Prepared Parquet shards (cfg.data.source == "shards"), checked against the model config.
+class TrainingData(NamedTuple):
+    """What a trainer is built from: ``dataset`` (first executed by the workers, so that its
+    executions count epochs), ``probe`` (the same rows, for the driver's checks), the latent
+    statistics, and the bad-row counter (None unless data.on_bad_rows=skip)."""
+
+    dataset: ray.data.Dataset
+    probe: ray.data.Dataset
+    stats: LatentStats
+    bad_rows: object | None
+
+
+def resume_epoch(cfg: PrestoConfig) -> int:
+    """The epoch recorded by the newest checkpoint of the run (0 for a new run): where a relaunch
+    resumes, so that its first pass over the shards reads them in that epoch's file order."""
+    import json
+
+    from presto_ray.data import storage
+    from presto_ray.train.trainer import run_uri
+
+    uri = run_uri(cfg)
+    for name in sorted((n for n in storage.list_dir(uri) if n.startswith("step_")), reverse=True):
+        try:
+            return int(json.loads(storage.read_bytes(storage.join(uri, name, "meta.json")))["epoch"])
+        except FileNotFoundError:
+            continue  # a step folder without meta.json is not a finished checkpoint
+    return 0
+
+
+def shard_dataset(cfg: PrestoConfig, bad_rows=None, first_epoch: int = 0) -> tuple[ray.data.Dataset, LatentStats]:
+    """Prepared Parquet shards (cfg.data.source == "shards"), checked against the model config, read
+    in epoch ``first_epoch``'s file order first and the next epoch's at each later pass.
     bad_rows: a :class:`~presto_ray.data.reader.BadRowCounter` counting rows skipped with
     data.on_bad_rows=skip."""
     from presto_ray.data.reader import training_dataset
     from presto_ray.data.validate import check_against_model
 
-    # TODO(issue 3): draw a new file order per epoch (the worker iterates one dataset today)
-    ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=0, on_bad_rows=cfg.data.on_bad_rows,
-                                    bad_rows=bad_rows)
+    ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=first_epoch,
+                                    on_bad_rows=cfg.data.on_bad_rows, bad_rows=bad_rows)
     check_against_model(manifest, cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens,
                         cfg.model.text_dim)
     return ds, manifest.latent_stats(cfg.edm.sigma_data)
 
 
-def training_data(cfg: PrestoConfig):
-    """(dataset, stats, bad-row counter or None) for ``cfg.data``: shards or the melody set."""
+def training_data(cfg: PrestoConfig) -> TrainingData:
+    """The training data of ``cfg.data``: shards (resuming the run's file-order epochs) or the melody set."""
     if cfg.data.source != "shards":
-        return (*tone_dataset(cfg), None)
+        dataset, stats = tone_dataset(cfg)
+        return TrainingData(dataset, dataset, stats, None)
     from presto_ray.data.reader import BadRowCounter
 
     bad_rows = BadRowCounter() if cfg.data.on_bad_rows == "skip" else None
-    return (*shard_dataset(cfg, bad_rows), bad_rows)
+    first_epoch = resume_epoch(cfg)
+    dataset, stats = shard_dataset(cfg, bad_rows, first_epoch)
+    probe, _ = shard_dataset(cfg, None, first_epoch)
+    return TrainingData(dataset, probe, stats, bad_rows)
 
 
-def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats, bad_rows=None):
+def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats, bad_rows=None,
+                          probe: ray.data.Dataset | None = None):
     """The teacher's TorchTrainer (see :func:`presto_ray.train.trainer.build_trainer`)."""
-    return build_trainer(teacher_worker, cfg, dataset, stats, {"bad_rows": bad_rows})
+    return build_trainer(teacher_worker, cfg, dataset, stats, {"bad_rows": bad_rows}, probe=probe)
 
 
 def train_teacher(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None,
                   stats: LatentStats | None = None, address: str | None = None):
     """Train (or resume) the teacher; returns the Ray Train ``Result``."""
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
-    bad_rows = None
+    bad_rows = probe = None
     if dataset is None:
-        dataset, stats, bad_rows = training_data(cfg)
+        dataset, probe, stats, bad_rows = training_data(cfg)
     if stats is None:
         raise ValueError("a dataset given without latent statistics")
-    result = build_teacher_trainer(cfg, dataset, stats, bad_rows).fit()
+    result = build_teacher_trainer(cfg, dataset, stats, bad_rows, probe).fit()
     log.info("teacher run '%s' finished; latest checkpoint: %s", cfg.run.name,
              result.checkpoint.path if result.checkpoint else None)
     return result

@@ -45,19 +45,23 @@ def run_uri(cfg: PrestoConfig) -> str:
 
 
 def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ray.data.Dataset,
-                  stats: LatentStats, extra: dict | None = None) -> TorchTrainer:
+                  stats: LatentStats, extra: dict | None = None, probe: ray.data.Dataset | None = None) -> TorchTrainer:
     """A TorchTrainer running ``worker(loop_config)`` on ``cfg.train.num_workers`` workers.
 
     loop_config holds config (dict), latent_stats (dict), eval_batch (column -> array), run_uri
-    and ``extra``. The run folder gets config.yaml; a relaunch with the same run name resumes."""
-    check_dataset(dataset, cfg)
+    and ``extra``. The run folder gets config.yaml; a relaunch with the same run name resumes.
+    The driver's checks and the fixed evaluation batch read ``probe`` (default ``dataset``): a
+    shard dataset's file order advances one epoch per execution, so the workers must be the first
+    to execute it."""
+    probe = dataset if probe is None else probe
+    check_dataset(probe, cfg)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else choose_runtime().is_cuda
     need = cfg.train.batch_size * cfg.train.num_workers
-    rows = len(dataset.take(need))  # reads only what the check needs (not a full pass over S3)
+    rows = len(probe.take(need))  # reads only what the check needs (not a full pass over S3)
     if rows < need:
         raise ValueError(f"the training dataset has {rows} rows, fewer than train.batch_size x train.num_workers "
                          f"= {need}: no worker would get a full batch")
-    eval_rows = dataset.take(cfg.train.eval_batch)
+    eval_rows = probe.take(cfg.train.eval_batch)
     uri = run_uri(cfg)
     fs, storage_path = storage.resolve(cfg.run.storage_path)
     fs.create_dir(storage.resolve(uri)[1], recursive=True)
