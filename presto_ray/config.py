@@ -149,6 +149,8 @@ class PrepareConfig(_Section):
     max_repeats: int = 4  # a piece shorter than the clip is played again, at most this often
     rows_per_shard: int = 256
     encode_batch: int = 16
+    encode_actors: int = 1  # the encoder pool grows from 1 to this many actors (each loads codec + text encoder)
+    encode_gpus: float = 0.0  # GPUs per encoder actor (e.g. 1 on a GPU cluster; 0 on CPU)
 
     @model_validator(mode="after")
     def _sizes(self) -> "PrepareConfig":

@@ -1,7 +1,8 @@
 """``prepare``: source -> render -> crop -> codec encode -> text encode -> Parquet latent shards.
 
 A Ray Data pipeline: rendering runs as parallel tasks (music21 parsing and FluidSynth), encoding
-in an actor pool that loads the codec and the text encoder once per actor, and the driver streams
+in an actor pool (1 to ``prepare.encode_actors`` actors, ``prepare.encode_gpus`` GPUs each) that
+loads the codec and the text encoder once per actor, and the driver streams
 the encoded rows into one :class:`ShardWriter` per split (``<out>/train``, ``<out>/valid``,
 ``<out>/test``; each with its own manifest and statistics). Items already written by an earlier,
 interrupted run are not rendered again; pieces that cannot be used are counted by reason in the
@@ -86,9 +87,12 @@ class Encoder:
         from presto_ray.models.codec import load_codec
         from presto_ray.models.text import load_text_encoder
 
+        from presto_ray.runtime import choose_runtime
+
         self.cfg = config_from_dict(cfg_dict)
-        self.codec = load_codec(self.cfg.codec)
-        self.text = load_text_encoder(self.cfg.text)
+        self.device = choose_runtime().device  # a GPU when the pool was given prepare.encode_gpus
+        self.codec = load_codec(self.cfg.codec)  # runs on the device of its input
+        self.text = load_text_encoder(self.cfg.text, self.device)
 
     def __call__(self, batch: dict) -> dict:
         ok = np.asarray([r == "" for r in batch["skip_reason"]])
@@ -99,10 +103,10 @@ class Encoder:
         mask = np.zeros((len(ok), L), bool)
         if ok.any():
             idx = np.flatnonzero(ok)
-            audio = torch.from_numpy(np.stack([batch["audio"][i] for i in idx]).astype(np.float32))
-            latent[idx] = self.codec.encode(audio)[..., :frames].numpy().astype(np.float16)
+            audio = torch.from_numpy(np.stack([batch["audio"][i] for i in idx]).astype(np.float32)).to(self.device)
+            latent[idx] = self.codec.encode(audio)[..., :frames].float().cpu().numpy().astype(np.float16)
             s, m = self.text.encode([str(batch["caption"][i]) for i in idx])
-            states[idx], mask[idx] = s.numpy().astype(np.float16), m.numpy()
+            states[idx], mask[idx] = s.float().cpu().numpy().astype(np.float16), m.cpu().numpy()
         out.update({"latent": latent, "text_states": states, "text_mask": mask})
         return out
 
@@ -147,7 +151,8 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
         ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
         ds = ds.map(load_row)
         ds = ds.map_batches(Encoder, fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json")},
-                            batch_size=cfg.prepare.encode_batch, concurrency=1, batch_format="numpy")
+                            batch_size=cfg.prepare.encode_batch, concurrency=(1, cfg.prepare.encode_actors),
+                            num_gpus=cfg.prepare.encode_gpus, batch_format="numpy")
         bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress)
         for batch in ds.iter_batches(batch_size=cfg.prepare.encode_batch, batch_format="numpy"):
             for i in range(len(batch["id"])):
