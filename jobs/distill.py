@@ -1,7 +1,16 @@
-"""`ray job submit --working-dir . -- python jobs/distill.py --config paper --method presto-s --teacher s3://...`
+r"""Distil a teacher into a student (``presto-ray distill``) as a Ray job.
 
-Thin entry point: connects to the cluster it was submitted to (RAY_ADDRESS) and runs
-``presto-ray distill``; resubmitting with the same run name and storage path resumes.
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python jobs/distill.py --config paper --method presto-s \
+        --teacher s3://BUCKET/runs/teacher-paper --run-name presto-s-paper \
+        --storage-path s3://BUCKET/runs train.num_workers=8 train.use_gpu=true
+
+Takes the CLI's arguments: ``--config`` (file or preset), ``--method``, ``--teacher``, ``--init``
+(presto-ls), ``--run-name``, ``--storage-path`` and dotted overrides. The driver joins the cluster
+the job was submitted to (Ray sets RAY_ADDRESS for it). Resubmitting the same command resumes the
+run from its newest checkpoint in ``<storage-path>/<run-name>``; a finished run trains no more.
+Give ``--storage-path`` and ``--teacher`` as absolute paths every node sees or ``s3://`` URIs: a
+relative path is taken inside the job's temporary copy of the working directory.
 """
 
 import sys
