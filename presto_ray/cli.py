@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--clap", metavar="PATH", help="folder of a CLAP model (Hugging Face layout, safetensors): adds "
                    "fad_clap, mmd_clap and clap_score")
-    p.add_argument("--address", default=None, help="Ray cluster address (with --num-workers)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an in-process cluster)")
 
     p = sub.add_parser("prepare", help="render the music21 corpus with FluidSynth and write Parquet latent shards")
     _config_args(p)
@@ -141,7 +141,25 @@ def _load(args) -> "PrestoConfig":  # noqa: F821
         overrides.append(f"run.name={args.run_name}")
     if getattr(args, "storage_path", None):
         overrides.append(f"run.storage_path={args.storage_path}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    paths = {"--out": getattr(args, "out", None)}
+    if hasattr(args, "storage_path"):  # the commands that write a run folder
+        paths["run.storage_path"] = cfg.run.storage_path
+    _refuse_job_local_paths(paths)
+    return cfg
+
+
+def _refuse_job_local_paths(paths: dict[str, str | None]) -> None:
+    """Inside a ``ray job submit`` job the working directory is Ray's temporary copy of the upload:
+    a relative path there is lost when the job ends, and a resubmission would start over."""
+    import os
+
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    for key, path in paths.items():
+        if path and "://" not in path and not os.path.isabs(path):
+            raise ValueError(f"{key}={path!r} is relative: inside a Ray job it would land in the job's temporary "
+                             "copy of the working dir and be lost; give an absolute path or an s3:// URI")
 
 
 def cmd_train_teacher(args) -> int:
@@ -197,10 +215,10 @@ def cmd_evaluate(args) -> int:
 
     from presto_ray.eval.evaluate import evaluate
 
-    if args.num_workers > 0:
-        from presto_ray.train.cluster import ensure_ray
+    from presto_ray.train.cluster import ensure_ray
 
-        ensure_ray(args.address, num_cpus=args.num_workers + 1)
+    _refuse_job_local_paths({"--out": args.out})
+    ensure_ray(args.address, num_cpus=args.num_workers + 1)
     metrics = evaluate(args.checkpoint, args.data, args.out, n=args.num_samples, steps=args.steps,
                        batch_size=args.batch_size, seed=args.seed, mmd_bandwidth=args.mmd_bandwidth,
                        mmd_scale=args.mmd_scale, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,

@@ -254,3 +254,19 @@ def test_unknown_config_key_fails_the_job_and_names_the_key(ray_head, teacher_ex
     assert status == "FAILED", logs
     assert "unknown config key 'train.stepz'" in logs
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_relative_paths_are_refused_inside_a_job(monkeypatch, tmp_path, capsys):
+    """Inside a job the working dir is Ray's temporary copy: a relative run folder or output folder
+    would vanish with it, so the CLI refuses them there (and only there) before doing any work."""
+    from presto_ray.cli import main
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-teacher", "--config", "tiny", "--run-name", "r"]) == 2  # preset storage_path: runs
+    assert "run.storage_path='runs' is relative" in capsys.readouterr().err
+    assert main(["prepare", "--config", "tiny", "--out", "data/tiny"]) == 2
+    assert "--out='data/tiny' is relative" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", "/x", "--data", "/y", "--out", "eval"]) == 2
+    assert "--out='eval' is relative" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing was written
