@@ -190,3 +190,26 @@ def instrument_match(tag_probs, tag_names, caption: str) -> float | None:
     if not families:
         return None
     return float(tag_family(tag_probs, tag_names) in families)
+
+
+ADHERENCE_KEYS = (("tempo_err_bpm", "tempo_err_bpm"), ("tempo_err_octave_bpm", "tempo_err_octave_bpm"),
+                  ("key_match", "key_acc"), ("instrument_match", "instrument_acc"))
+
+
+def adherence_metrics(audio: list, sample_rate: int, captions: list[str], bpms: list[float | None],
+                      tag_probs: list | None = None, tag_names=None) -> dict[str, float]:
+    """Mean prompt adherence over clips: tempo_err_bpm, tempo_err_octave_bpm, key_acc and (with
+    per-clip tag probabilities [K] from an embedder with ``tag_names``) instrument_acc; each key only
+    when some caption states what it measures. ``audio``: clips [N] at ``sample_rate``."""
+    scores = [adherence(w, sample_rate, c, b) for w, c, b in zip(audio, captions, bpms)]
+    if tag_probs is not None:
+        for score, probs, caption in zip(scores, tag_probs, captions):
+            match = instrument_match(probs, tag_names, caption)
+            if match is not None:
+                score["instrument_match"] = match
+    out = {}
+    for key, name in ADHERENCE_KEYS:
+        values = [s[key] for s in scores if key in s]
+        if values:
+            out[name] = float(np.mean(values))
+    return out

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from presto_ray.eval.adherence import adherence, instrument_match
+from presto_ray.eval.adherence import adherence_metrics
 from presto_ray.eval.metrics import fad, fad_inf, gaussian_stats, mmd, prdc
 from presto_ray.generate import MusicGenerator, Prompt, write_wav
 
@@ -93,7 +93,7 @@ def reference_key(data_uri: str, n: int, seed: int, codec: dict, embedding: str)
     return h.hexdigest()[:32]
 
 
-class _ReferenceAudio:
+class ReferenceAudio:
     """The held-out latents decoded by the model's codec ([n, samples] float32), decoded once and only
     when an embedder's reference features are not cached."""
 
@@ -111,7 +111,7 @@ class _ReferenceAudio:
         return self._audio
 
 
-def reference_features(embedder, reference: _ReferenceAudio, data_uri: str, seed: int) -> tuple[np.ndarray, Path]:
+def reference_features(embedder, reference: ReferenceAudio, data_uri: str, seed: int) -> tuple[np.ndarray, Path]:
     """Frame embeddings [frames, D] of the reference audio by ``embedder``, read from or written to
     the cache (atomically); returns them with the cache file."""
     key = reference_key(str(data_uri), len(reference.rows), seed, reference.codec, embedder.name)
@@ -167,7 +167,7 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     embedder = load_embedder("musicnn")
     gen_out = [embedder.embed(w, gen.sample_rate) for w in generated]
     gen_feats = np.concatenate([o["features"].numpy() for o in gen_out])
-    reference = _ReferenceAudio(gen, rows)
+    reference = ReferenceAudio(gen, rows)
     ref_feats, cached = reference_features(embedder, reference, data_uri, seed)
     metrics = distribution_metrics(gen_feats, ref_feats, mmd_bandwidth=mmd_bandwidth, mmd_scale=mmd_scale, k=k,
                                    seed=seed)
@@ -183,16 +183,8 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
         clips = torch.stack([torch.nn.functional.normalize(f.mean(0), dim=0) for f in clap_gen])
         metrics["clap_score"] = clap_score(clips, clap_embedder.embed_text([p.text for p in prompts]))
         metrics["clap_embedding"] = clap_embedder.name
-    scores = [adherence(w, gen.sample_rate, p.text, p.bpm) for w, p in zip(generated, prompts)]
-    for score, o, p in zip(scores, gen_out, prompts):
-        match = instrument_match(o["tags"].numpy().mean(0), embedder.tag_names, p.text)
-        if match is not None:
-            score["instrument_match"] = match
-    for key, name in (("tempo_err_bpm", "tempo_err_bpm"), ("tempo_err_octave_bpm", "tempo_err_octave_bpm"),
-                      ("key_match", "key_acc"), ("instrument_match", "instrument_acc")):
-        values = [s[key] for s in scores if key in s]
-        if values:
-            metrics[name] = float(np.mean(values))
+    metrics.update(adherence_metrics(generated, gen.sample_rate, [p.text for p in prompts], [p.bpm for p in prompts],
+                                     [o["tags"].numpy().mean(0) for o in gen_out], embedder.tag_names))
     metrics.update({"n_samples": len(generated), "n_frames": int(len(gen_feats)), "model": str(checkpoint),
                     "role": gen.role, "method": gen.export.cfg.distill.method if gen.role == "generator" else "teacher",
                     "sampler": gen.sampler, "steps": steps or (gen.export.cfg.sampler.steps if gen.sampler == "teacher"
