@@ -1,11 +1,12 @@
 r"""Run a Ray Tune sweep (``presto-ray sweep``) as a Ray job.
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
-        python jobs/sweep.py layer-drop --config small --checkpoint s3://BUCKET/runs/presto-l-small \
-        --data s3://BUCKET/data/valid --space tuning/layer_drop.yaml --out /shared/sweeps/layer-drop
+        python jobs/sweep.py layer-drop --checkpoint s3://BUCKET/runs/presto-l-small \
+        --data s3://BUCKET/data/valid --space tuning/layer_drop.yaml --out s3://BUCKET/sweeps/layer-drop
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
-        python jobs/sweep.py loss-weights --config small --space tuning/loss_weights.yaml ...
+        python jobs/sweep.py loss-weights --config small --teacher s3://BUCKET/runs/teacher-small \
+        --space tuning/loss_weights.yaml --storage-path s3://BUCKET/sweeps --name presto-s-weights
 
 Every argument goes to ``presto-ray sweep`` unchanged (the sweep, its config, the search space in
 tuning/ and where results go; tuning/README.md lists each sweep's options). The Tune driver runs on

@@ -12,9 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-PENDING = {
-    "sweep": "issue #6 (Ray Tune sweeps)",
-}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -127,9 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", default="quickstart", help="output folder (default ./quickstart)")
 
-    for name, where in PENDING.items():
-        p = sub.add_parser(name, help=f"not implemented yet: {where}")
-        _config_args(p)
+    p = sub.add_parser("sweep", help="Ray Tune sweeps: layer-drop schedules (inference) or Presto-S loss weights (training)",
+                       description="Search spaces live in tuning/*.yaml (see tuning/README.md); rerunning the same "
+                                   "sweep resumes it.")
+    kinds = p.add_subparsers(dest="sweep", required=True, metavar="SWEEP")
+    q = kinds.add_parser("layer-drop", help="search sigma -> budget schedules of a trained presto-l/presto-ls model; "
+                         "writes the Pareto table/plot and an export carrying the chosen schedule")
+    q.add_argument("--checkpoint", required=True, help="export, step or run folder of the layer-dropping student")
+    q.add_argument("--data", required=True, help="held-out shard set whose prompts and audio score each schedule")
+    q.add_argument("--space", default="tuning/layer_drop.yaml", help="search space file (default tuning/layer_drop.yaml)")
+    q.add_argument("--out", required=True, help="output folder or s3:// URI (trials.csv, pareto.*, export/, tune/)")
+    q.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an in-process cluster)")
+    q = kinds.add_parser("loss-weights", help="search Presto-S loss weights, learning rates and noise distributions; "
+                         "each trial a Ray Train run, ASHA stopping poor ones")
+    _config_args(q)
+    q.add_argument("--teacher", help="overrides distill.teacher: the teacher's run, step or export folder")
+    q.add_argument("--space", default="tuning/loss_weights.yaml", help="search space file (default tuning/loss_weights.yaml)")
+    q.add_argument("--storage-path", help="where the sweep goes (default run.storage_path); local path or s3://")
+    q.add_argument("--name", default="loss-weights", help="the sweep's name: <storage>/<name>/ (results.csv, best_config.yaml)")
     return parser
 
 
@@ -272,6 +284,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    if args.sweep == "layer-drop":
+        from presto_ray.sweep.layer_drop import layer_drop_sweep, load_space
+
+        _refuse_job_local_paths({"--out": args.out})
+        doc = layer_drop_sweep(args.checkpoint, args.data, load_space(args.space), args.out, address=args.address)
+        chosen = doc["trials"][doc["chosen"]]
+        print(f"chosen schedule {chosen['label']}: edges {chosen['edges']}, budgets {chosen['budgets']}, "
+              f"FAD {chosen['fad']:.3f}, {chosen['blocks_per_sample']:.0f} blocks per sample")
+        print(f"export with that schedule: {doc['export']}")
+        return 0
+    from presto_ray.sweep.loss_weights import load_space, loss_weight_sweep
+
+    if args.teacher:
+        args.overrides.append(f"distill.teacher={args.teacher}")
+    cfg = _load(args)
+    doc = loss_weight_sweep(cfg, load_space(args.space), cfg.run.storage_path, args.name, address=args.address)
+    print(f"best trial {doc['best_trial']} ({doc['best_value']}); results {doc['results']}; "
+          f"best config {doc['best_config']}")
+    if doc["missing_resources"]:
+        print(f"warning: the cluster has not got back {doc['missing_resources']}", file=sys.stderr)
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from presto_ray.quickstart import quickstart
 
@@ -288,15 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in PENDING:
-        print(f"presto-ray {args.command}: not implemented yet; it arrives with {PENDING[args.command]}",
-              file=sys.stderr)
-        return 2
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
     handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "report": cmd_report, "evaluate": cmd_evaluate, "generate": cmd_generate, "export": cmd_export,
-               "quickstart": cmd_quickstart}[args.command]
+               "quickstart": cmd_quickstart, "sweep": cmd_sweep}[args.command]
     t0 = time.perf_counter()
     try:
         code = handler(args)

@@ -233,12 +233,18 @@ def test_distill_entrypoint_is_accepted_by_the_cli():
     assert cfg.train.num_workers <= gpus
 
 
-def test_sweep_entrypoint_names_the_sweep_job():
-    # jobs/sweep.py and `presto-ray sweep` are written alongside; check the command by name only.
+def test_sweep_entrypoint_is_accepted_by_the_cli_and_its_space_fits_the_config():
+    from presto_ray.cli import build_parser
+    from presto_ray.config import load_config
+    from presto_ray.sweep.loss_weights import check_space, load_space
+
     argv = shlex.split(_load(RAYJOBS["sweep"])["spec"]["entrypoint"])
-    assert argv[:2] == ["python", "jobs/sweep.py"]
-    assert argv[2] in {"layer-drop", "loss-weights"}
-    assert re.fullmatch(r"tuning/\w+\.yaml", argv[argv.index("--space") + 1])
+    assert argv[:2] == ["python", "jobs/sweep.py"] and (ROOT / argv[1]).is_file()
+    args = build_parser().parse_args(["sweep", *argv[2:]])
+    assert args.sweep == "loss-weights" and args.storage_path.startswith("s3://")
+    cfg = load_config(args.config, [*args.overrides, f"run.storage_path={args.storage_path}"])
+    assert cfg.distill.teacher.startswith("s3://") and cfg.train.use_gpu is True
+    check_space(cfg, load_space(ROOT / args.space))  # every searched value validates against this config
 
 
 def _keys(tree, path=()):

@@ -13,6 +13,7 @@ import random
 
 import pytest
 import torch
+import yaml
 
 from presto_ray.config import load_config
 from presto_ray.data.stats import LatentStats
@@ -272,13 +273,17 @@ def test_sweep_to_object_storage(presto_l_export, held_out, tmp_path, monkeypatc
     pytest.importorskip("musicnn", reason="the musicnn weights come with `pip install --no-deps musicnn==0.1.0`")
     from presto_ray.data import storage
     from presto_ray.generate import MusicGenerator
-    from presto_ray.sweep.layer_drop import layer_drop_sweep
+    from presto_ray.cli import main
 
     monkeypatch.setenv("PRESTO_CACHE", str(tmp_path / "cache"))
     space = LayerDropSpace(edges=[1.0], budgets=[4, 6], prompts=2, steps=2, latency={"repeats": 1, "warmup": 0},
                            choose={"max_fad_increase": 100.0})
     out = "s3://presto/sweeps/layer-drop"
-    doc = layer_drop_sweep(str(presto_l_export), str(held_out), space, out, progress=False)
+    space_file = tmp_path / "space.yaml"  # through the CLI, as users run it
+    space_file.write_text(yaml.safe_dump(space.model_dump(mode="json", exclude_unset=True)))
+    assert main(["sweep", "layer-drop", "--checkpoint", str(presto_l_export), "--data", str(held_out),
+                 "--space", str(space_file), "--out", out]) == 0
+    doc = json.loads(storage.read_bytes(f"{out}/sweep.json"))
     assert [r["label"] for r in doc["trials"]] == ["full depth", "6-4", "4-4"] and doc["chosen"] == 2
     rows = list(csv.DictReader(storage.read_bytes(f"{out}/trials.csv").decode().splitlines()))
     assert [r["label"] for r in rows] == ["full depth", "6-4", "4-4"]

@@ -77,8 +77,10 @@ def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, di
     return resolved, teacher, teacher_state, init_state
 
 
-def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, address: str | None = None):
-    """Distil (or resume) the student of ``cfg.distill.method``; returns the Ray Train ``Result``."""
+def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, address: str | None = None,
+            callbacks: list | None = None):
+    """Distil (or resume) the student of ``cfg.distill.method``; returns the Ray Train ``Result``.
+    ``callbacks``: Ray Train callbacks for the run (a Tune sweep passes TuneReportCallback)."""
     cfg, teacher, teacher_state, init_state = prepare_distill(cfg)  # before Ray starts: fails fast
     ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     bad_rows = probe = None
@@ -90,7 +92,8 @@ def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, addre
     log.info("distill %s: teacher %s (step %d), %d workers, %d steps", cfg.distill.method, cfg.distill.teacher,
              teacher.step, cfg.train.num_workers, cfg.train.steps)
     # the student normalises latents exactly as its teacher was trained
-    result = build_trainer(distill_worker, cfg, dataset, teacher.stats, extra, probe=probe).fit()
+    result = build_trainer(distill_worker, cfg, dataset, teacher.stats, extra, probe=probe,
+                           callbacks=callbacks).fit()
     log.info("distill run '%s' finished; latest checkpoint: %s", cfg.run.name,
              result.checkpoint.path if result.checkpoint else None)
     return result

@@ -45,14 +45,16 @@ def run_uri(cfg: PrestoConfig) -> str:
 
 
 def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ray.data.Dataset,
-                  stats: LatentStats, extra: dict | None = None, probe: ray.data.Dataset | None = None) -> TorchTrainer:
+                  stats: LatentStats, extra: dict | None = None, probe: ray.data.Dataset | None = None,
+                  callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer running ``worker(loop_config)`` on ``cfg.train.num_workers`` workers.
 
     loop_config holds config (dict), latent_stats (dict), eval_batch (column -> array), run_uri
     and ``extra``. The run folder gets config.yaml; a relaunch with the same run name resumes.
     The driver's checks and the fixed evaluation batch read ``probe`` (default ``dataset``): a
     shard dataset's file order advances one epoch per execution, so the workers must be the first
-    to execute it."""
+    to execute it. ``callbacks`` go to the run's RunConfig (e.g. Tune's TuneReportCallback when a
+    Tune trial drives the run)."""
     probe = dataset if probe is None else probe
     check_dataset(probe, cfg)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else choose_runtime().is_cuda
@@ -83,6 +85,7 @@ def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ra
             storage_filesystem=fs if storage.is_remote(cfg.run.storage_path) else None,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,
         ),
         datasets={"train": dataset.select_columns(TRAIN_COLUMNS)},
     )
