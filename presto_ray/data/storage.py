@@ -44,6 +44,12 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def absolute(uri: str) -> str:
+    """``uri`` as every process and folder reads it alike: an object-store URI unchanged, a local
+    path or ``file://`` URI as an absolute path."""
+    return str(uri) if is_remote(uri) else str(local_path(uri))
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return (filesystem, path inside it) for a local path, ``file://`` or ``s3://`` URI."""
     parsed = urlparse(str(uri))

@@ -324,11 +324,6 @@ COLUMNS = ["index", "label", "edges", "budgets", *METRICS, "on_front", "chosen",
 """Columns of trials.csv and pareto.csv (edges and budgets as JSON lists)."""
 
 
-def _absolute(uri: str) -> str:
-    """Trials run in other processes and folders: local paths become absolute."""
-    return uri if storage.is_remote(uri) else str(storage.local_path(uri).resolve())
-
-
 def save_schedule_export(exported: Exported, schedule: BudgetSchedule, dest: Path, *,
                          steps: int | None = None, sampler: str = "teacher") -> Path:
     """Copy ``exported`` to ``dest`` with ``distill.budget_schedule`` = ``schedule`` (and, when
@@ -478,7 +473,7 @@ def layer_drop_sweep(checkpoint: str, data: str, space: LayerDropSpace, out: str
     from presto_ray.train.cluster import ensure_ray
 
     ensure_ray(address)
-    checkpoint, data, out = _absolute(checkpoint), _absolute(data), _absolute(out)
+    checkpoint, data, out = storage.absolute(checkpoint), storage.absolute(data), storage.absolute(out)
     gen = MusicGenerator(checkpoint)
     cfg = gen.export.cfg
     if gen.role != "generator" or cfg.distill.method not in (*networks.LAYER_METHODS, "presto-ls"):

@@ -259,10 +259,6 @@ def run_trial(params: dict, *, base: dict, runs_uri: str, dataset: ray.data.Data
     distill(trial_config(base, params, runs_uri, run_name), dataset=dataset, callbacks=[TuneReportCallback()])
 
 
-def _absolute(uri: str) -> str:
-    return uri if storage.is_remote(uri) else str(storage.local_path(uri))
-
-
 def results_table(grid, space: LossWeightSpace, steps: int, runs_uri: str) -> list[dict]:
     """One row per trial of a Tune ResultGrid, in trial-id order: trial_id, status, last_step,
     stopped_early (by ASHA, before ``steps``), each searched key, the metric's last and best value,
@@ -346,7 +342,7 @@ def loss_weight_sweep(cfg: PrestoConfig, space: LossWeightSpace, storage_path: s
 
     ``cfg`` is the base Presto-S config with ``distill.teacher`` set; ``dataset`` (optional) is
     given to every trial instead of each one reading ``cfg.data``."""
-    sweep_uri = storage.join(_absolute(storage_path), name)
+    sweep_uri = storage.join(storage.absolute(storage_path), name)
     runs_uri = storage.join(sweep_uri, "runs")
     ledger = storage.join(sweep_uri, "released_groups.jsonl")
     # load the teacher once, as a trial will: fails before any trial starts; absolute teacher path
@@ -378,7 +374,7 @@ def loss_weight_sweep(cfg: PrestoConfig, space: LossWeightSpace, storage_path: s
                                    storage_filesystem=fs_arg)
     else:
         tuner = _new_tuner(trainable, space, space.asha.max_t or train.steps, name,
-                           storage.resolve(_absolute(storage_path))[1], fs_arg, ledger)
+                           storage.resolve(storage.absolute(storage_path))[1], fs_arg, ledger)
     grid = tuner.fit()
     missing = settle(baseline, ledger_uri=ledger)
     if missing:
@@ -393,7 +389,7 @@ def loss_weight_sweep(cfg: PrestoConfig, space: LossWeightSpace, storage_path: s
                "released_groups": len(read_ledger(ledger)), "missing_resources": missing}
     if best is not None:
         chosen = trial_config(base, {k: best[k] for k in space.params},
-                              _absolute(cfg.run.storage_path), f"{name}-best")
+                              storage.absolute(cfg.run.storage_path), f"{name}-best")
         summary.update(best_config=storage.join(sweep_uri, "best_config.yaml"), best_trial=best["trial_id"],
                        best_value=best[space.metric])
         storage.write_bytes_atomic(summary["best_config"], config_to_yaml(chosen).encode())

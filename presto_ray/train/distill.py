@@ -67,10 +67,9 @@ def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, di
         init_cfg = init.cfg
     resolved = resolve_config(cfg, teacher.cfg, init_cfg)
     # absolute local paths: a relaunch from another directory (or spelling) names the same teacher
-    absolute = {k: (v if v is None or storage.is_remote(v) else str(storage.local_path(v)))
-                for k, v in (("teacher", d.teacher), ("init", d.init))}
+    absolute = {k: (v if v is None else storage.absolute(v)) for k, v in (("teacher", d.teacher), ("init", d.init))}
     resolved = resolved.model_copy(update={"distill": resolved.distill.model_copy(update=absolute)})
-    teacher_loc = (d.teacher if storage.is_remote(d.teacher) else str(storage.local_path(d.teacher))).rstrip("/")
+    teacher_loc = storage.absolute(d.teacher).rstrip("/")
     run_loc = run_uri(resolved)
     if teacher_loc == run_loc or teacher_loc.startswith(run_loc + "/"):
         raise ValueError(f"run '{resolved.run.name}' would write into the teacher's run folder; choose another run.name")

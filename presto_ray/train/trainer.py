@@ -40,8 +40,7 @@ def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
 
 def run_uri(cfg: PrestoConfig) -> str:
     """Absolute location of the run folder (Ray Train changes each worker's working directory)."""
-    base = cfg.run.storage_path if storage.is_remote(cfg.run.storage_path) else str(storage.local_path(cfg.run.storage_path))
-    return storage.join(base, cfg.run.name)
+    return storage.join(storage.absolute(cfg.run.storage_path), cfg.run.name)
 
 
 def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ray.data.Dataset,
