@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="the embedded default end to end on this machine")
     _config_args(p)
     p.add_argument("--out", default="quickstart", help="output folder (default ./quickstart)")
+    p.add_argument("--with-baselines", action="store_true",
+                   help="also distil, evaluate and benchmark the dmd2, ase and cd baselines")
 
     p = sub.add_parser("sweep", help="Ray Tune sweeps: layer-drop schedules (inference) or Presto-S loss weights (training)",
                        description="Search spaces live in tuning/*.yaml (see tuning/README.md); rerunning the same "
@@ -311,7 +313,7 @@ def cmd_sweep(args) -> int:
 def cmd_quickstart(args) -> int:
     from presto_ray.quickstart import quickstart
 
-    quickstart(_load(args), Path(args.out), address=args.address)
+    quickstart(_load(args), Path(args.out), with_baselines=args.with_baselines, address=args.address)
     return 0
 
 

@@ -1,34 +1,187 @@
-"""The main job on the embedded default, at a reduced size, through the real CLI entry point."""
+"""The quickstart end to end at a reduced size: music21 corpus -> teacher -> presto-l, presto-s,
+presto-ls -> evaluation -> one latency run -> metrics.json, latency.json, report.html and audio; a
+second call skips every stage, a call after losing one evaluation redoes only what depends on it,
+and adding the baselines to a finished quickstart runs only their stages."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import math
+import re
 
+import numpy as np
 import pytest
 import soundfile as sf
 
+from presto_ray.config import load_config
+from presto_ray.quickstart import BASELINES, METHODS, Plan, quickstart
+from presto_ray.quickstart.pipeline import finished_step
+from presto_ray.quickstart.results import ENTRY_KEYS, case_label
+from presto_ray.train.export import load_export
 
-@pytest.mark.timeout(600)
-def test_quickstart_runs_end_to_end_and_skips_finished_stages(tmp_path):
-    out = tmp_path / "qs"
-    args = [sys.executable, "-m", "presto_ray", "quickstart", "--out", str(out), "train.steps=20",
-            "prepare.items=24", "prepare.split_fractions=[0.9,0.1,0.0]", "train.batch_size=8", "train.eval_every=10", "train.checkpoint_every=10"]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=540)
-    assert first.returncode == 0, first.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["teacher_checkpoint"].endswith("step_00000020")
-    assert summary["train_rows"] >= 16  # rendered music21 clips in the train split
-    assert (out / "data" / "train" / "manifest.json").is_file()
-    assert 0 < summary["final_eval_loss"] < 1.5
-    assert len(summary["audio"]) == 3
-    for wav in summary["audio"]:
-        audio, rate = sf.read(wav)
-        assert rate == 16000 and len(audio) == 128 * 512 and abs(audio).max() > 0
-    assert "quickstart stages" in first.stdout
+pytest.importorskip("musicnn", reason="the musicnn weights come with `pip install --no-deps musicnn==0.1.0`")
 
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    stages = json.loads((out / "summary.json").read_text())["stage_seconds"]
-    assert stages["prepare_s"] < 1.0 and stages["train_teacher_s"] < 1.0 and stages["generate_s"] < 1.0
+SMALL = Plan(items=32, split_fractions=(0.6, 0.4, 0.0), teacher_steps=12,
+             distill_steps={m: 3 for m in METHODS + BASELINES}, eval_samples=8, teacher_extra_steps=(2,),
+             latency_repeats=1, latency_warmup=0, report_clips=2)
+LABELS = ["teacher default", "teacher 2 steps", "presto-l schedule", "presto-s 4 steps", "presto-ls 4 steps + schedule"]
+NAMES = ["teacher", "teacher-2-steps", *METHODS]
+
+
+def small_config():
+    return load_config("tiny", ["train.batch_size=8", "train.eval_batch=8", "train.eval_every=6", "train.log_every=3",
+                                "train.checkpoint_every=6", "train.warmup_steps=2", "sampler.steps=4", "distill.ttur=2"])
+
+
+def _snapshot(out) -> dict:
+    """Bytes and modification times of every output a finished quickstart keeps."""
+    files = [out / "metrics.json", out / "latency.json", out / "report.html", *sorted((out / "audio").rglob("*.wav")),
+             *sorted((out / "eval").rglob("*")), *sorted((out / "runs").rglob("export.json"))]
+    return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for f in files if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(ray_cluster, tmp_path_factory):
+    """One reduced quickstart without baselines, run from scratch: (out folder, summary)."""
+    env = pytest.MonkeyPatch()
+    env.setenv("PRESTO_CACHE", str(tmp_path_factory.mktemp("cache")))  # reference embeddings: this module's own
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    yield out, quickstart(small_config(), out, plan=SMALL)
+    env.undo()
+
+
+def _check_audio(folder, names: list[str]) -> None:
+    assert sorted(p.name for p in folder.glob("*.wav")) == names, folder
+    for wav in folder.glob("*.wav"):
+        audio, rate = sf.read(str(wav))
+        assert rate == 16000 and audio.shape == (128 * 512,) and np.isfinite(audio).all()
+        assert np.sqrt(np.mean(audio ** 2)) > 1e-3, wav  # not silent
+
+
+def _check_entries(out, labels: list[str], names: list[str]) -> list[dict]:
+    """metrics.json: one entry per model and case, every stable key, finite numbers, joined with
+    latency.json; returns the entries."""
+    entries = json.loads((out / "metrics.json").read_text())["entries"]
+    assert [e["label"] for e in entries] == labels and [e["name"] for e in entries] == names
+    for e in entries:
+        assert tuple(e) == ENTRY_KEYS, e["label"]
+        for key in ENTRY_KEYS:
+            if key not in ("label", "name", "method", "case", "model", "sampler"):
+                assert isinstance(e[key], (int, float)) and math.isfinite(e[key]), (e["label"], key, e[key])
+        assert e["n_samples"] == SMALL.eval_samples and e["fad"] > 0 and 0 <= e["coverage"] <= 1
+    latency = json.loads((out / "latency.json").read_text())
+    assert {e["method"] for e in latency["entries"]} == {e["method"] for e in entries}
+    assert set(labels) <= {f"{e['method']} {e['case']}" for e in latency["entries"]}
+    return entries
+
+
+@pytest.mark.timeout(900)
+def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished, capsys):
+    out, first = finished
+    stage_names = (["prepare", "train-teacher"] + [f"distill {m}" for m in METHODS]
+                   + [f"evaluate {n}" for n in NAMES] + ["benchmark", "metrics", "audio", "report"])
+    assert list(first["stage_seconds"]) == stage_names and first["skipped"] == []
+
+    # data and runs: every model trained to the plan's steps; layer students under the plan's schedule
+    assert first["train_rows"] >= 8 and first["valid_rows"] >= SMALL.eval_samples
+    assert finished_step(out / "runs" / "teacher-tiny") == 12
+    for method in METHODS:
+        exported = load_export(out / "runs" / method)
+        assert exported.step == 3 and exported.cfg.distill.method == method
+        schedule = exported.cfg.distill.budget_schedule
+        assert (schedule.edges, schedule.budgets) == (([], []) if method == "presto-s" else ([1.0], [6, 3]))
+    assert load_export(out / "runs" / "presto-ls").cfg.distill.init == str(out / "runs" / "presto-l")
+
+    entries = _check_entries(out, LABELS, NAMES)
+    by_label = {e["label"]: e for e in entries}
+    assert by_label["teacher default"]["sampling_speedup"] == 1.0 and by_label["teacher default"]["steps"] == 4
+    assert by_label["teacher 2 steps"]["nfe"] < by_label["teacher default"]["nfe"]
+    assert by_label["presto-s 4 steps"]["nfe"] == 4 and by_label["presto-s 4 steps"]["block_fraction"] == 1.0
+    for label in ("presto-l schedule", "presto-ls 4 steps + schedule"):
+        assert by_label[label]["block_fraction"] < 1.0, label  # the schedule drops blocks at high noise
+    assert [e["train_steps"] for e in entries] == [12, 12, 3, 3, 3]
+    latency = json.loads((out / "latency.json").read_text())
+    assert latency["entries"][0]["case"] == "default" and latency["hardware"]["cpu_count"] >= 1
+
+    # audio: the evaluation clips, the report's copies and the reference; 16 kHz, 4.1 s, not silent
+    for name in NAMES:
+        assert len(list((out / "eval" / name / "audio").glob("*.wav"))) == SMALL.eval_samples
+    folders = [out / "audio" / n for n in ["reference", *NAMES]]
+    assert first["audio"] == [str(f) for f in folders]
+    clips = sorted(p.name for p in (out / "eval" / "teacher" / "audio").glob("*.wav"))[:SMALL.report_clips]
+    for folder in folders:
+        _check_audio(folder, clips)
+
+    # report.html: every model in the tables, one curve per run, one player per clip
+    html = (out / "report.html").read_text()
+    for label in LABELS:
+        assert f"<td>{label}</td>" in html, label
+    for name in ["reference", *NAMES]:
+        assert f"<h2>Audio: {name}</h2>" in html
+    assert html.count("<audio controls") == len(folders) * SMALL.report_clips
+    assert len(re.findall(r'alt="training curves of ', html)) == 1 + len(METHODS)
+
+    # a second call finds every output and does nothing, and says so
+    before = _snapshot(out)
+    capsys.readouterr()
+    second = quickstart(small_config(), out, plan=SMALL)
+    assert second["skipped"] == stage_names and set(second["stage_seconds"].values()) == {0.0}
+    assert _snapshot(out) == before
+    printed = capsys.readouterr().out.splitlines()
+    stage_lines = printed[printed.index("quickstart stages") + 1:][:len(stage_names)]
+    assert [line.split()[-1] for line in stage_lines] == ["skipped"] * len(stage_names)
+    table = {cells[0]: cells for cells in (re.split(r"\s{2,}", line.strip()) for line in printed) if cells[0] in LABELS}
+    assert sorted(table) == sorted(LABELS)
+    assert table["presto-s 4 steps"][1:3] == ["3", "4"]  # trained steps, sampling steps, then FAD ...
+    assert float(table["presto-s 4 steps"][3]) == pytest.approx(by_label["presto-s 4 steps"]["fad"], abs=0.01)
+
+    # an evaluation lost: only it and what is built from it are redone, with the same numbers
+    (out / "eval" / "presto-s" / "metrics.json").unlink()
+    third = quickstart(small_config(), out, plan=SMALL)
+    assert [s for s in stage_names if s not in third["skipped"]] == ["evaluate presto-s", "metrics", "audio", "report"]
+    assert [e["fad"] for e in _check_entries(out, LABELS, NAMES)] == [e["fad"] for e in entries]
+
+
+@pytest.mark.timeout(900)
+def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
+    out = finished[0]
+    summary = quickstart(small_config(), out, plan=SMALL, with_baselines=True)
+    ran = [s for s in summary["stage_seconds"] if s not in summary["skipped"]]
+    assert ran == ([f"distill {m}" for m in BASELINES] + [f"evaluate {m}" for m in BASELINES]
+                   + ["benchmark", "metrics", "audio", "report"])
+    for method in BASELINES:
+        exported = load_export(out / "runs" / method)
+        assert exported.step == 3 and exported.cfg.distill.method == method
+        assert exported.cfg.distill.budget_schedule.budgets == ([6, 3] if method == "ase" else [])
+    labels = LABELS + ["dmd2 4 steps", "ase schedule", "cd 4 steps"]
+    entries = _check_entries(out, labels, NAMES + list(BASELINES))
+    assert {e["label"]: e for e in entries}["ase schedule"]["block_fraction"] < 1.0
+    html = (out / "report.html").read_text()
+    for label in labels[-3:]:
+        assert f"<td>{label}</td>" in html, label
+    for name in BASELINES:
+        assert f"<h2>Audio: {name}</h2>" in html
+        _check_audio(out / "audio" / name, sorted(p.name for p in (out / "audio" / "reference").glob("*.wav")))
+    assert len(re.findall(r'alt="training curves of ', html)) == 1 + len(METHODS) + len(BASELINES)
+
+
+def test_plan_budget_schedule_and_case_labels():
+    cfg = load_config("tiny")
+    assert Plan().budget_schedule(cfg.model) == {"edges": [1.0], "budgets": [6, 3]}
+    assert Plan(budget_edges=(0.5, 5.0), budget_fractions=(1.0, 0.6, 0.1)).budget_schedule(cfg.model) == \
+        {"edges": [0.5, 5.0], "budgets": [6, 4, 1]}
+    with pytest.raises(ValueError, match="one more entry"):
+        Plan(budget_fractions=(1.0,)).budget_schedule(cfg.model)
+    with pytest.raises(ValueError, match="no distill_steps for 'cd'"):
+        Plan(distill_steps={"presto-s": 3}).steps_for("cd")
+    scheduled = load_config("tiny", ["distill.method=presto-ls", "distill.budget_schedule.edges=[1.0]",
+                                     "distill.budget_schedule.budgets=[6,3]"])
+    assert case_label("teacher", cfg, None) == "default" and case_label("teacher", cfg, 8) == "8 steps"
+    assert case_label("presto-ls", scheduled, None) == "4 steps + schedule"
+    assert case_label("presto-s", load_config("tiny", ["distill.student_steps=2"]), None) == "2 steps"
+    assert case_label("presto-l", load_config("tiny", ["distill.method=presto-l"]), None) == "default"
+
+
+def test_a_teacher_named_like_a_student_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="run.name 'presto-s'"):
+        quickstart(load_config("tiny", ["run.name=presto-s"]), tmp_path, plan=SMALL)

@@ -1,0 +1,241 @@
+"""``quickstart``: the embedded default end to end on one machine (Ray in-process, local storage).
+
+Stages, each skipped when its output exists (so an interrupted quickstart continues where it
+stopped, and a distill run cut short resumes from its newest checkpoint):
+
+    prepare              music21 corpus rendered by FluidSynth -> DIR/data/{train,valid}
+    train-teacher        the EDM teacher                       -> DIR/runs/<run.name>/
+    distill <method>     presto-l, presto-s, presto-ls (+ dmd2, ase, cd with baselines) -> DIR/runs/<method>/
+    evaluate <name>      held-out prompts of DIR/data/valid     -> DIR/eval/<name>/{metrics.json,audio/}
+    benchmark            batch-1 latency of every model, one run -> DIR/latency.json
+    metrics              one entry per model and case           -> DIR/metrics.json
+    audio                the first clips of each model + the reference -> DIR/audio/<name>/
+    report               tables, plots, curves, players         -> DIR/report.html
+
+Stage sizes come from a :class:`~presto_ray.quickstart.plan.Plan`; the config gives everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from presto_ray.config import PrestoConfig, config_from_dict, deep_merge
+from presto_ray.quickstart.plan import BASELINES, METHODS, Plan
+from presto_ray.quickstart.results import case_label, combine, table
+from presto_ray.quickstart.stages import Stages
+from presto_ray.train.export import ExportError, find_export, load_export
+
+log = logging.getLogger("presto_ray.quickstart")
+
+LAYERED = ("presto-l", "presto-ls", "ase")
+"""Methods whose student samples under the plan's budget schedule."""
+
+
+def _with(cfg: PrestoConfig, tree: dict) -> PrestoConfig:
+    """``cfg`` with the nested values of ``tree``, validated like a config file."""
+    return config_from_dict(deep_merge(cfg.model_dump(mode="json"), tree), "quickstart plan")
+
+
+def finished_step(run_dir: Path) -> int:
+    """Step of the newest complete checkpoint of a run (0 when there is none)."""
+    try:
+        return load_export(run_dir).step
+    except ExportError:
+        return 0
+
+
+class TrainingSet:
+    """The prepared train split, read once into Ray's object store on first use and shared by every
+    training stage: it is small (about 45 KB a clip), and decoding Parquet each epoch on the same
+    two cores as training made the teacher 2-3x slower (data_wait_frac 0.7)."""
+
+    def __init__(self, cfg: PrestoConfig) -> None:
+        self.cfg = cfg
+        self._loaded = None
+
+    def get(self):
+        """(materialised Ray Dataset, LatentStats)."""
+        if self._loaded is None:
+            from presto_ray.train.teacher import shard_dataset
+
+            dataset, stats = shard_dataset(self.cfg)
+            self._loaded = dataset.materialize(), stats
+        return self._loaded
+
+
+def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teacher_run: Path) -> PrestoConfig:
+    """The config of one distill run of the quickstart: named after its method, from the teacher's
+    run (presto-ls: from the presto-l run), at the plan's steps and budget schedule."""
+    distill: dict = {"method": method, "teacher": str(teacher_run), "init": None}
+    if method == "presto-ls":
+        distill["init"] = str(runs / "presto-l")
+    if method in LAYERED:
+        distill["budget_schedule"] = plan.budget_schedule(cfg.model)
+    return _with(cfg, {"run": {"name": method}, "train": {"steps": plan.steps_for(method)}, "distill": distill})
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".part.json")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _wavs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.wav") if not p.name.endswith(".part.wav"))
+
+
+def write_reference_clips(valid: str, names: list[str], folder: Path, codec_cfg) -> None:
+    """The first held-out latents decoded by the codec ("real audio through the codec"), under the
+    file names the evaluations gave the same prompts."""
+    import numpy as np
+    import torch
+
+    from presto_ray.eval.evaluate import held_out_rows
+    from presto_ray.generate import write_wav
+    from presto_ray.models.codec import load_codec
+
+    codec = load_codec(codec_cfg)
+    rows = held_out_rows(valid, len(names))
+    latents = torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in rows]))
+    for name, wav in zip(names, codec.decode(latents).cpu().numpy()):
+        write_wav(folder / name, wav, codec.sample_rate)
+
+
+def collect_audio(evals: Path, names: list[str], audio: Path, clips: int, valid: str, codec_cfg) -> list[Path]:
+    """DIR/audio/<name>/: the first ``clips`` evaluation clips of each model, and
+    DIR/audio/reference/ with the real audio for the same prompts; returns the folders."""
+    folders = [audio / "reference"] + [audio / n for n in names]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for name in names:
+        for wav in _wavs(evals / name / "audio")[:clips]:
+            shutil.copyfile(wav, audio / name / wav.name)
+    write_reference_clips(valid, [w.name for w in _wavs(audio / names[0])], audio / "reference", codec_cfg)
+    return folders
+
+
+def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baselines: bool = False,
+               address: str | None = None) -> dict:
+    """Run (or continue) the quickstart into ``out``; returns the summary also written to
+    ``out/summary.json`` (stage_seconds, skipped, models, and the output paths)."""
+    from presto_ray.train.cluster import ensure_ray
+
+    t_start = time.perf_counter()
+    out = Path(out).resolve()
+    data, runs, evals, audio = out / "data", out / "runs", out / "eval", out / "audio"
+    valid = str(data / "valid")
+    cfg = _with(cfg, {"run": {"storage_path": str(runs)}, "data": {"source": "shards", "uri": str(data / "train")},
+                      "prepare": {"hours": plan.hours, "items": plan.items, "split_fractions": list(plan.split_fractions)},
+                      "train": {"steps": plan.teacher_steps}})
+    methods = METHODS + (BASELINES if with_baselines else ())
+    if cfg.run.name in methods:
+        raise ValueError(f"run.name '{cfg.run.name}' is the name of a distill run; give the teacher another")
+    stages = Stages()
+    ensure_ray(address, num_cpus=cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
+
+    def prepare() -> None:
+        from presto_ray.data.prepare import prepare as run_prepare
+
+        run_prepare(cfg, str(data))  # resumes: clips already written are not rendered again
+        if not (data / "valid" / "manifest.json").is_file():
+            raise ValueError(f"prepare wrote no valid split under {data}: the quickstart evaluates on it; "
+                             "render more clips or give valid a larger share")
+
+    stages.run("prepare", all((data / s / "manifest.json").is_file() for s in ("train", "valid")), prepare)
+    training_set = TrainingSet(cfg)
+
+    def train_teacher() -> None:
+        from presto_ray.train.teacher import train_teacher as run_teacher
+
+        dataset, stats = training_set.get()
+        run_teacher(cfg, dataset=dataset, stats=stats, address=address)  # resumes from its newest checkpoint
+
+    teacher_run = runs / cfg.run.name
+    stages.run("train-teacher", finished_step(teacher_run) >= plan.teacher_steps, train_teacher)
+    for method in methods:
+        run_cfg = distill_config(cfg, plan, method, runs, teacher_run)
+
+        def distill(run_cfg: PrestoConfig = run_cfg) -> None:
+            from presto_ray.train.distill import distill as run_distill
+
+            run_distill(run_cfg, dataset=training_set.get()[0], address=address)
+
+        stages.run(f"distill {method}", finished_step(runs / method) >= run_cfg.train.steps, distill)
+
+    exports = {"teacher": find_export(teacher_run), **{m: find_export(runs / m) for m in methods}}
+    valid_rows = json.loads((data / "valid" / "manifest.json").read_text())["num_rows"]
+    cases = ([("teacher", "teacher", None)] + [(f"teacher-{n}-steps", "teacher", n) for n in plan.teacher_extra_steps]
+             + [(m, m, None) for m in methods])
+    evaluations = []
+    for name, run, steps in cases:
+        export, folder = exports[run], evals / name
+
+        def evaluate(export: Path = export, folder: Path = folder, steps: int | None = steps) -> None:
+            from presto_ray.eval.evaluate import evaluate as run_evaluate
+
+            run_evaluate(str(export), valid, folder, n=plan.eval_samples, steps=steps, batch_size=plan.eval_batch)
+
+        done = _read_json(folder / "metrics.json") or {}
+        stages.run(f"evaluate {name}", done.get("model") == str(export)
+                   and done.get("n_samples") == min(plan.eval_samples, valid_rows), evaluate)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        exported = load_export(export)
+        evaluations.append({"name": name, "case": case_label(metrics["method"], exported.cfg, steps),
+                            "train_steps": exported.step, "metrics": metrics})
+
+    latency_file = out / "latency.json"
+    models = [str(exports[name]) for name in ("teacher", *methods)]
+
+    def run_benchmark() -> None:
+        from presto_ray.eval.latency import benchmark
+
+        _write_json(latency_file, benchmark(models[0], models[1:], repeats=plan.latency_repeats,
+                                            warmup=plan.latency_warmup, teacher_steps=plan.teacher_extra_steps))
+
+    timed = _read_json(latency_file) or {"entries": []}
+    stages.run("benchmark", list(dict.fromkeys(e["model"] for e in timed["entries"])) == models, run_benchmark)
+
+    metrics_file = out / "metrics.json"
+    stages.run("metrics", metrics_file.is_file() and not stages.ran,
+               lambda: _write_json(metrics_file, combine(evaluations, json.loads(latency_file.read_text()))))
+
+    names = [name for name, _, _ in cases]
+    folders = [audio / "reference"] + [audio / n for n in names]
+    clips = min(plan.report_clips, len(_wavs(evals / names[0] / "audio")))
+    stages.run("audio", not stages.ran and all(len(_wavs(f)) == clips for f in folders),
+               lambda: collect_audio(evals, names, audio, clips, valid, load_export(exports["teacher"]).cfg.codec))
+
+    report = out / "report.html"
+
+    def write() -> None:
+        from presto_ray.eval.report import write_report
+
+        write_report(report, latency=[latency_file], metrics=[metrics_file],
+                     runs=[teacher_run, *(runs / m for m in methods)], audio=folders, title="presto_ray quickstart")
+
+    stages.run("report", report.is_file() and not stages.ran, write)
+
+    entries = json.loads(metrics_file.read_text())["entries"]
+    summary = {"out": str(out), "data": str(data), "valid_rows": valid_rows,
+               "train_rows": json.loads((data / "train" / "manifest.json").read_text())["num_rows"],
+               "models": {name: str(path) for name, path in exports.items()}, "with_baselines": with_baselines,
+               "stage_seconds": stages.seconds, "skipped": stages.skipped,
+               "total_seconds": time.perf_counter() - t_start, "report": str(report), "metrics": str(metrics_file),
+               "latency": str(latency_file), "audio": [str(f) for f in folders]}
+    _write_json(out / "summary.json", summary)
+    print("\nquickstart stages", *stages.lines(), f"  {'total':<{max(map(len, stages.seconds))}}  "
+          f"{summary['total_seconds']:7.1f} s", sep="\n")
+    print(f"\n{table(entries)}\n\nreport: {report}")
+    return summary

@@ -1,0 +1,70 @@
+"""How big each quickstart stage is, in one place.
+
+The quickstart must finish in 30 minutes or less on a 2-core CPU with the ``tiny`` preset. Each
+field says what its stage costs there; costs grow about linearly with the size. Everything else
+(model, batch size, learning rates, DiT depth) comes from the config the quickstart is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from presto_ray.config import DiTConfig
+
+METHODS = ("presto-l", "presto-s", "presto-ls")
+"""The students every quickstart distils, in order (presto-ls starts from the presto-l run)."""
+BASELINES = ("dmd2", "ase", "cd")
+"""The paper's baselines, distilled too with ``with_baselines``."""
+
+
+def _default_distill_steps() -> dict[str, int]:
+    # iterations; seconds on an idle 2-core CPU, with ~15 s of Ray Train start-up each:
+    # presto-l, ase ~6.5 it/s (60 s); presto-s, presto-ls, dmd2 ~3.1 it/s (145 s, 110 s, 145 s); cd ~3.3 it/s (135 s)
+    return {"presto-l": 300, "presto-s": 400, "presto-ls": 300, "dmd2": 400, "ase": 300, "cd": 400}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stage sizes of one quickstart. Costs are for ``tiny`` on a 2-core x86_64 CPU."""
+
+    hours: float = 0.3
+    """prepare: music21 audio to render (0.3 h = 264 clips of 4.1 s, about 90 s)."""
+    items: int | None = None
+    """prepare: the number of clips instead of ``hours`` (tests)."""
+    split_fractions: tuple[float, float, float] = (0.85, 0.15, 0.0)
+    """prepare: train/valid/test shares by piece; valid (about 40 clips) holds the evaluation prompts."""
+    teacher_steps: int = 1000
+    """train-teacher: EDM steps at the preset's batch: 7.5 it/s from the in-memory train split, 160 s.
+    (300 steps left the teacher at eval loss 0.39 and FAD 119; 1000 reach 0.28 and FAD 71.)"""
+    distill_steps: dict[str, int] = field(default_factory=_default_distill_steps)
+    """distill: iterations per method."""
+    budget_edges: tuple[float, ...] = (1.0,)
+    budget_fractions: tuple[float, ...] = (1.0, 0.5)
+    """The sigma -> budget schedule of presto-l, presto-ls and ase: the share of blocks run below,
+    between and above ``budget_edges`` (here: all blocks below sigma 1, half above)."""
+    eval_samples: int = 32
+    """evaluate: held-out prompts per model (each costs one generation and one musicnn pass)."""
+    eval_batch: int = 8
+    teacher_extra_steps: tuple[int, ...] = (4, 8)
+    """evaluate and benchmark: the teacher at these step counts besides its default sampler."""
+    latency_repeats: int = 5
+    latency_warmup: int = 1
+    """benchmark: timed repeats (median) after warm-up, per model and case."""
+    report_clips: int = 3
+    """report: clips per model shown and played in report.html (the first evaluation prompts)."""
+
+    def steps_for(self, method: str) -> int:
+        if method not in self.distill_steps:
+            raise ValueError(f"the quickstart plan has no distill_steps for '{method}' (has {sorted(self.distill_steps)})")
+        return self.distill_steps[method]
+
+    def budget_schedule(self, model: DiTConfig) -> dict[str, list]:
+        """``distill.budget_schedule`` for a student of ``model``: budgets are the fractions of its
+        depth, rounded up, at least one block (and the kept last blocks)."""
+        if len(self.budget_fractions) != len(self.budget_edges) + 1:
+            raise ValueError(f"budget_fractions needs one more entry than budget_edges, got "
+                             f"{self.budget_fractions} and {self.budget_edges}")
+        lowest = max(1, model.keep_last)
+        budgets = [min(model.depth, max(lowest, math.ceil(f * model.depth))) for f in self.budget_fractions]
+        return {"edges": list(self.budget_edges), "budgets": budgets}

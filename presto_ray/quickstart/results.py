@@ -1,0 +1,79 @@
+"""The quickstart's results: the per-model metrics.json files of ``evaluate`` and the latency.json of
+``benchmark`` folded into one metrics.json (one entry per model and case), and the final table.
+
+Every entry has the keys of :data:`ENTRY_KEYS`; a value a stage did not produce is null. ``label``
+is "<method> <case>" with the case named as ``benchmark`` names it, so report.html can put each
+model on its latency-vs-FAD plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from presto_ray.config import PrestoConfig
+from presto_ray.distill.networks import LAYER_METHODS, budget_schedule
+
+log = logging.getLogger("presto_ray.quickstart")
+
+QUALITY_KEYS = ("fad", "fad_inf", "mmd", "precision", "density", "recall", "coverage", "tempo_err_bpm",
+                "tempo_err_octave_bpm", "key_acc", "instrument_acc")
+LATENCY_KEYS = ("nfe", "block_fraction", "text_s", "sampling_s", "decode_s", "total_s", "sampling_speedup",
+                "total_speedup")
+ENTRY_KEYS = ("label", "name", "method", "case", "model", "train_steps", "sampler", "steps", "n_samples",
+              *QUALITY_KEYS, *LATENCY_KEYS)
+
+
+def case_label(method: str, cfg: PrestoConfig, steps: int | None) -> str:
+    """How ``presto_ray.eval.latency.cases_for`` names sampling a model of ``method`` (exported
+    with ``cfg``) at ``steps`` (None: its default) under its own budget schedule."""
+    if method == "teacher":
+        return "default" if steps is None else f"{steps} steps"
+    scheduled = not budget_schedule(cfg).is_full
+    if method in LAYER_METHODS:
+        return "schedule" if scheduled else "default"
+    return f"{steps or cfg.distill.student_steps} steps" + (" + schedule" if scheduled else "")
+
+
+def combine(evaluations: list[dict], latency: dict) -> dict:
+    """evaluations: dicts with name, case, train_steps and metrics (an evaluate() result);
+    latency: a benchmark() document. Returns the quickstart's metrics.json document."""
+    timed = {(e["model"], e["case"]): e for e in latency["entries"]}
+    entries = []
+    for ev in evaluations:
+        m = ev["metrics"]
+        entry = {"label": f"{m['method']} {ev['case']}", "name": ev["name"], "method": m["method"], "case": ev["case"],
+                 "model": m["model"], "train_steps": ev["train_steps"], "sampler": m["sampler"], "steps": m["steps"],
+                 "n_samples": m["n_samples"], **{k: m.get(k) for k in QUALITY_KEYS}}
+        lat = timed.get((m["model"], ev["case"]))
+        if lat is None:
+            log.warning("latency.json has no case '%s' for %s", ev["case"], m["model"])
+        entry.update({k: None if lat is None else lat[k] for k in LATENCY_KEYS})
+        entries.append(entry)
+    first = evaluations[0]["metrics"] if evaluations else {}
+    return {"data": first.get("data"), "embedding": first.get("embedding"), "hardware": latency.get("hardware"),
+            "entries": entries}
+
+
+COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("steps", "steps", "{}"),
+           ("fad", "FAD", "{:.2f}"), ("mmd", "MMD", "{:.1f}"), ("recall", "recall", "{:.2f}"),
+           ("coverage", "coverage", "{:.2f}"), ("tempo_err_bpm", "tempo err", "{:.1f}"),
+           ("sampling_s", "sampling ms", "{:.1f}"), ("total_s", "total ms", "{:.1f}"),
+           ("sampling_speedup", "speed-up", "x{:.1f}"), ("total_speedup", "end-to-end", "x{:.1f}")]
+
+
+def _cell(key: str, fmt: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(1000 * value if key.endswith("_s") else value)
+
+
+def table(entries: list[dict]) -> str:
+    """The final table as aligned text: model, training steps, sampling steps, FAD, MMD, recall,
+    coverage, tempo error (BPM), batch-1 latency (sampling and end to end) and speed-ups over the
+    teacher's default sampler."""
+    rows = [[title for _, title, _ in COLUMNS]] + [[_cell(k, f, e.get(k)) for k, _, f in COLUMNS] for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
