@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Ray Tune sweeps: layer-drop schedules (inference) or Presto-S loss weights (training)",
                        description="Search spaces live in tuning/*.yaml (see tuning/README.md); rerunning the same "
                                    "sweep resumes it.")
-    kinds = p.add_subparsers(dest="sweep", required=True, metavar="SWEEP")
+    kinds = p.add_subparsers(dest="sweep", required=True)
     q = kinds.add_parser("layer-drop", help="search sigma -> budget schedules of a trained presto-l/presto-ls model; "
                          "writes the Pareto table/plot and an export carrying the chosen schedule")
     q.add_argument("--checkpoint", required=True, help="export, step or run folder of the layer-dropping student")

@@ -123,14 +123,16 @@ def test_cli_generate_writes_wavs(tmp_path, cfg):
     assert np.isfinite(audio).all()
 
 
-def test_cli_help_pending_and_errors(tmp_path):
+def test_cli_help_and_errors(tmp_path):
     res = _cli("--help")
     assert res.returncode == 0
     for command in ["prepare", "train-teacher", "distill", "evaluate", "benchmark", "report", "generate", "export",
                     "sweep", "quickstart"]:
         assert command in res.stdout
-    res = _cli("sweep", "--config", "tiny")
-    assert res.returncode == 2 and "not implemented yet" in res.stderr and "#6" in res.stderr
+    res = _cli("sweep")  # a sweep kind is required
+    assert res.returncode == 2 and "layer-drop" in res.stderr and "loss-weights" in res.stderr
+    res = _cli("sweep", "layer-drop", "--checkpoint", "x", "--data", "y", "--out", "z", "--space", str(tmp_path / "no.yaml"))
+    assert res.returncode == 2 and "no.yaml" in res.stderr
     res = _cli("distill", "--config", "tiny")  # refused before Ray starts
     assert res.returncode == 2 and "distill.teacher" in res.stderr
     res = _cli("distill", "--method", "presto-l", "--teacher", str(tmp_path / "no-teacher"))
