@@ -41,11 +41,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from presto_ray.config import BudgetScheduleConfig, config_from_dict
 from presto_ray.data import storage
+from presto_ray.sweep.space import error_message, load_space_file
 from presto_ray.distill import networks
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.edm import karras_sigmas
@@ -129,39 +129,17 @@ class LayerDropSpace(_Strict):
             try:
                 BudgetScheduleConfig(edges=s.edges, budgets=s.budgets)
             except ValidationError as err:
-                raise ValueError(f"schedules[{i}]: {_message(err.errors()[0])}") from None
+                raise ValueError(f"schedules[{i}]: {error_message(err.errors()[0])}") from None
             if not is_monotone(s.budgets):
                 raise ValueError(f"schedules[{i}]: budgets {s.budgets} increase with sigma; a candidate runs "
                                  f"fewer (or equal) blocks at higher noise")
         return self
 
 
-def _message(error: dict) -> str:
-    """A pydantic error's text, without the "Value error, " prefix of our own checks."""
-    return str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
-
-
 def load_space(path: str | Path) -> LayerDropSpace:
-    """Read and validate a space file; an unknown or ill-typed key raises ValueError naming the key
-    and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"search space file '{path}' does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: the top level must be a mapping of keys")
-    try:
-        return LayerDropSpace.model_validate(tree)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            problems.append(f"unknown key '{key}'" if e["type"] == "extra_forbidden"
-                            else f"key '{key}': {_message(e)}" if key else _message(e))
-        raise ValueError(f"{path}: {'; '.join(problems)}") from None
+    """Read and validate a space file; an unknown or ill-typed key raises ConfigError (a ValueError)
+    naming the key and the file."""
+    return load_space_file(path, LayerDropSpace)
 
 
 # ------------------------------------------------------------------------------ candidates

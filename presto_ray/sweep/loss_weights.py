@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import ray
-import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -39,6 +38,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from presto_ray.config import ConfigError, PrestoConfig, config_from_dict, config_to_yaml, deep_merge
 from presto_ray.data import storage
+from presto_ray.sweep.space import load_space_file
 from presto_ray.sweep.resources import OrphanedGroupReleaser, free_resources, read_ledger, settle
 from presto_ray.train.cluster import ensure_ray
 from presto_ray.train.distill import distill, prepare_distill
@@ -173,32 +173,9 @@ class LossWeightSpace(_Strict):
 
 def load_space(path: str | Path) -> LossWeightSpace:
     """Read and validate a search-space YAML file; errors name the key and the file."""
-    file = Path(path)
-    try:
-        tree = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"search space file '{file}' not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{file}: top level must be a mapping (metric, mode, asha, params, ...)")
-    try:
-        space = LossWeightSpace.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(f"{file}: {_format_error(err)}") from None
-    space._source = str(file)
+    space = load_space_file(path, LossWeightSpace)
+    space._source = str(Path(path))
     return space
-
-
-def _format_error(err: ValidationError) -> str:
-    out = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        if e["type"] == "extra_forbidden":
-            out.append(f"unknown key '{key}'")
-        else:
-            out.append(f"key '{key}': {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(out)
 
 
 def nest(dotted: dict[str, Any]) -> dict:
