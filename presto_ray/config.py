@@ -151,11 +151,16 @@ class PrepareConfig(_Section):
     encode_batch: int = 16
     encode_actors: int = 1  # the encoder pool grows from 1 to this many actors (each loads codec + text encoder)
     encode_gpus: float = 0.0  # GPUs per encoder actor (e.g. 1 on a GPU cluster; 0 on CPU)
+    encode_cpus: float = 1.0  # CPUs reserved per encoder actor
+    render_cpus: float = 0.5  # CPUs reserved per render task (music21 + FluidSynth, or audio decoding); below 1
+    #                           lets renders use the time an encoder actor's reserved CPU sits idle
 
     @model_validator(mode="after")
     def _sizes(self) -> "PrepareConfig":
         if self.hours <= 0 or (self.items is not None and self.items <= 0):
             raise ValueError("hours and items must be positive")
+        if self.encode_cpus <= 0 or self.render_cpus <= 0:
+            raise ValueError("encode_cpus and render_cpus must be positive")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) < 0:
             raise ValueError(f"split_fractions must be non-negative and sum to 1, got {self.split_fractions}")
         return self

@@ -1,10 +1,16 @@
 """`prepare` end to end on the embedded default: music21 pieces rendered by FluidSynth inside a
 Ray Data pipeline, encoded by the real codec and text encoder, written as validated shards to
-object storage; a rerun renders nothing twice."""
+object storage by Ray Data write tasks; a rerun renders nothing twice, and a run killed midway
+loses nothing it had finished."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +24,8 @@ def test_prepare_music21_to_s3_validates_and_resumes(ray_cluster, s3_endpoint):
     from presto_ray.data.reader import training_dataset
     from presto_ray.data.validate import validate_shards
 
-    cfg = load_config("tiny", ["prepare.items=12", "prepare.rows_per_shard=4", "prepare.split_fractions=[0.75,0.25,0.0]"])
+    cfg = load_config("tiny", ["prepare.items=12", "prepare.rows_per_shard=4", "prepare.encode_batch=4",
+                               "prepare.split_fractions=[0.75,0.25,0.0]"])
     out = "s3://presto/prepared"
     manifests = prepare(cfg, out, progress=False)
     assert set(manifests) == {"train", "valid"}
@@ -26,6 +33,12 @@ def test_prepare_music21_to_s3_validates_and_resumes(ray_cluster, s3_endpoint):
     skipped = sum(sum(m.extra["skipped_this_run"].values()) for m in manifests.values())
     assert rendered == 12 and manifests["train"].num_rows + manifests["valid"].num_rows == 12 - skipped
     assert manifests["train"].num_rows >= 6
+    # the shards come from the write tasks: part-<run tag>-<task index>-<n>, several tasks, one run tag
+    names = [f.name for m in manifests.values() for f in m.files]
+    parsed = [re.fullmatch(r"part-(\w+)-(\d{5})-(\d{5})\.parquet", n) for n in names]
+    assert all(parsed), names
+    assert len({p.group(1) for p in parsed}) == 1 and len({p.group(2) for p in parsed}) >= 2
+    assert all(f.rows <= 4 for m in manifests.values() for f in m.files)
     for split, m in manifests.items():
         assert validate_shards(f"{out}/{split}").num_rows == m.num_rows
         assert m.latent_shape == [32, 128] and m.codec["name"] == "mel"
@@ -44,6 +57,7 @@ def test_prepare_music21_to_s3_validates_and_resumes(ray_cluster, s3_endpoint):
     again = prepare(cfg, out, progress=False)  # everything is there: nothing rendered twice
     assert sum(m.extra["rendered_this_run"] for m in again.values()) == 0
     assert {s: m.num_rows for s, m in again.items()} == {s: m.num_rows for s, m in manifests.items()}
+    assert {s: m.files for s, m in again.items()} == {s: m.files for s, m in manifests.items()}
 
     reseeded = load_config("tiny", ["prepare.items=12", "prepare.split_fractions=[0.5,0.5,0.0]"])
     with pytest.raises(ValueError, match="other prepare settings"):  # never mix two plans in one folder
@@ -81,3 +95,58 @@ def test_prepare_users_audio_folder(ray_cluster, tmp_path):
     bpms = [float(r["bpm"]) for r in rows]
     assert sorted({b for b in bpms if not np.isnan(b)}) == [100.0, 101.0, 102.0, 103.0]
     assert sum(np.isnan(bpms)) == 2  # a blank bpm is stored as unknown (NaN)
+
+
+def test_prepare_stages_stay_separate_operators(ray_cluster, capsys):
+    """Rendering is not fused into the encoder actors (Ray Data would, for equal remote args), even
+    when both stages reserve the same CPUs: renders run as parallel tasks."""
+    from presto_ray.data.prepare import pipeline, plan
+
+    cfg = load_config("tiny", ["prepare.items=4", "prepare.render_cpus=1", "prepare.encode_cpus=1"])
+    rows, load_row, _ = plan(cfg)
+    pipeline(cfg, rows, load_row).explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    assert "ActorPoolMapOperator[MapBatches(Encoder)]" in physical
+    assert "TaskPoolMapOperator[Map(_render)]" in physical
+    assert "->" not in physical
+
+
+@pytest.mark.timeout(600)
+def test_prepare_killed_midway_keeps_finished_shards_and_resumes(ray_cluster, tmp_path):
+    """A prepare driver is SIGKILLed once it has finished a few shards; the rerun keeps those files
+    byte for byte, renders only what is missing, removes the killed run's leftovers, and the set
+    validates with every planned clip exactly once."""
+    from presto_ray.data.prepare import prepare
+    from presto_ray.data.shards import completed_files
+    from presto_ray.data.validate import validate_shards
+
+    out = tmp_path / "prepared"
+    overrides = ["prepare.rows_per_shard=2", "prepare.split_fractions=[1.0,0.0,0.0]"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "presto_ray", "prepare", "--config", "tiny", "--items", "40",
+                             "--out", str(out), *overrides], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while len(completed_files(str(out / "train"), verify=False)) < 3:
+            assert proc.poll() is None, "prepare ended before it could be killed"
+            assert time.monotonic() < deadline, "no shard was finished in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    train = out / "train"
+    kept = {name: (train / name).read_bytes() for name in completed_files(str(train))}
+    assert 3 <= len(kept) < 20 and not (train / "manifest.json").exists()
+
+    cfg = load_config("tiny", ["prepare.items=40", *overrides])
+    manifest = prepare(cfg, str(out), progress=False)["train"]
+    kept_rows = sum(f.rows for f in manifest.files if f.name in kept)
+    skipped = sum(manifest.extra["skipped_this_run"].values())
+    assert manifest.extra["rendered_this_run"] == 40 - kept_rows  # finished work is not redone
+    assert manifest.num_rows == 40 - skipped
+    assert all((train / name).read_bytes() == data for name, data in kept.items())
+    assert set(kept) <= {f.name for f in manifest.files}
+    validate_shards(str(train))  # every row once, checksums and statistics agree
+    parquet_files = {p.name for p in train.iterdir() if p.is_file() and p.name != "manifest.json"}
+    assert parquet_files == {f.name for f in manifest.files}  # no half file or temporary is left

@@ -143,7 +143,9 @@ def _put_nan_row(folder, name: str, row: int) -> str:
     """Rewrite shard ``name`` with NaN in one latent value of ``row`` (manifest kept consistent)."""
     table = pq.read_table(folder / name)
     rows = table.to_pylist()
-    rows[row]["latent"] = rows[row]["latent"][:7] + [float("nan")] + rows[row]["latent"][8:]
+    latent = np.frombuffer(rows[row]["latent"], "<f2").copy()
+    latent[7] = np.nan
+    rows[row]["latent"] = latent.tobytes()
     pq.write_table(table.from_pylist(rows, schema=table.schema), folder / name)
     data = (folder / name).read_bytes()
     manifest = json.loads((folder / "manifest.json").read_text())

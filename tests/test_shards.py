@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from presto_ray.data import storage
-from presto_ray.data.shards import Manifest, ShardWriter, completed_files, read_manifest
+from presto_ray.data.shards import SCHEMA_VERSION, Manifest, ShardWriter, completed_files, read_manifest
 from presto_ray.data.validate import ShardValidationError, check_against_model, validate_shards
 
 C, T, L, DT = 32, 128, 32, 384
@@ -82,8 +82,9 @@ def test_round_trip_local_manifest_and_stats(tmp_path):
     assert [r["id"] for r in back] == [r["id"] for r in rows]
     for got, want in zip(back, rows):
         assert got["caption"] == want["caption"] and got["split"] == "train"
-        np.testing.assert_array_equal(np.asarray(got["latent"], dtype=np.float16).reshape(C, T), want["latent"])
-        np.testing.assert_array_equal(np.asarray(got["text_mask"]), want["text_mask"])
+        np.testing.assert_array_equal(np.frombuffer(got["latent"], "<f2").reshape(C, T), want["latent"])
+        np.testing.assert_array_equal(np.frombuffer(got["text_states"], "<f2").reshape(L, DT), want["text_states"])
+        np.testing.assert_array_equal(np.frombuffer(got["text_mask"], bool), want["text_mask"])
     assert validate_shards(str(folder)) == manifest
     assert completed_files(str(folder)) == {f.name for f in manifest.files}
 
@@ -119,13 +120,37 @@ def test_check_against_model_names_the_key(tmp_path):
 
 
 def test_manifest_parse_errors_name_the_key():
-    good = json.loads(Manifest(1, {}, {}, [2, 3], [4, 5], [0.0, 0.0], [1.0, 1.0], 0, []).to_json())
+    good = json.loads(Manifest(SCHEMA_VERSION, {}, {}, [2, 3], [4, 5], [0.0, 0.0], [1.0, 1.0], 0, []).to_json())
     with pytest.raises(ValueError, match="lacks key 'latent_std'"):
         Manifest.from_json(json.dumps({k: v for k, v in good.items() if k != "latent_std"}))
     with pytest.raises(ValueError, match="'latent_mean' has 1 values"):
         Manifest.from_json(json.dumps({**good, "latent_mean": [0.0]}))
     with pytest.raises(ValueError, match="not valid JSON"):
         Manifest.from_json("{\"schema_version\": 1, ")
+    with pytest.raises(ValueError, match=r"'schema_version' is 1, this code reads 2: run `presto-ray prepare` again"):
+        Manifest.from_json(json.dumps({**good, "schema_version": 1}))  # fixed_size_list shards of version 1
+
+
+def test_fixed_columns_round_trip_slices_chunks_and_refusals():
+    """fixed_column -> fixed_values is exact for float16 and bool arrays, also for a slice (Arrow
+    offset) and a chunked column; a column of another width is refused naming the column."""
+    import pyarrow as pa
+
+    from presto_ray.data.shards import fixed_column, fixed_values
+
+    rng = np.random.default_rng(3)
+    latent = rng.standard_normal((9, C, T)).astype(np.float16)
+    mask = rng.random((9, L)) < 0.5
+    col, mcol = fixed_column("latent", latent), fixed_column("text_mask", mask)
+    assert col.type == pa.binary(C * T * 2) and mcol.type == pa.binary(L)
+    np.testing.assert_array_equal(fixed_values(col, "latent", (C, T)), latent)
+    np.testing.assert_array_equal(fixed_values(col.slice(3, 4), "latent", (C, T)), latent[3:7])
+    np.testing.assert_array_equal(fixed_values(mcol.slice(5), "text_mask", (L,)), mask[5:])
+    chunked = pa.chunked_array([col.slice(0, 2), col.slice(2)])
+    np.testing.assert_array_equal(fixed_values(chunked, "latent", (C, T)), latent)
+    assert fixed_values(col.slice(0, 0), "latent", (C, T)).shape == (0, C, T)
+    with pytest.raises(ValueError, match=r"column 'latent' has type fixed_size_binary\[8192\], expected fixed_size_binary\[4096\]"):
+        fixed_values(col, "latent", (C, T // 2))
 
 
 def _rewrite_manifest(folder, change) -> None:
@@ -138,7 +163,9 @@ def _put_nan_row(folder, name: str, row: int) -> None:
     """Rewrite shard ``name`` with NaN in ``row``'s latent and make the manifest agree on bytes/sha."""
     table = pq.read_table(folder / name)
     rows = table.to_pylist()
-    rows[row]["latent"] = [float("nan")] + rows[row]["latent"][1:]
+    latent = np.frombuffer(rows[row]["latent"], "<f2").copy()
+    latent[0] = np.nan
+    rows[row]["latent"] = latent.tobytes()
     pq.write_table(table.from_pylist(rows, schema=table.schema), folder / name)
     data = (folder / name).read_bytes()
 

@@ -1,38 +1,42 @@
 """``prepare``: source -> render -> crop -> codec encode -> text encode -> Parquet latent shards.
 
-A Ray Data pipeline: rendering runs as parallel tasks (music21 parsing and FluidSynth), encoding
-in an actor pool (1 to ``prepare.encode_actors`` actors, ``prepare.encode_gpus`` GPUs each) that
-loads the codec and the text encoder once per actor, and the driver streams
-the encoded rows into one :class:`ShardWriter` per split (``<out>/train``, ``<out>/valid``,
-``<out>/test``; each with its own manifest and statistics). Items already written by an earlier,
-interrupted run are not rendered again; pieces that cannot be used are counted by reason in the
-manifest's ``extra``.
+A Ray Data pipeline of three stages: rendering as parallel tasks (music21 parsing and FluidSynth,
+or decoding the user's audio), encoding in an actor pool (1 to ``prepare.encode_actors`` actors,
+``prepare.encode_gpus`` GPUs each) that loads the codec and the text encoder once per actor, and
+writing in Ray Data write tasks (:class:`presto_ray.data.sink.ShardSink`) that write the shards of
+each split (``<out>/train``, ``<out>/valid``, ``<out>/test``) themselves; the driver only plans,
+then writes each split's manifest (statistics over the data) from the finished shards. Items
+already written by an earlier, interrupted run are not rendered again; pieces that cannot be used
+are counted by reason in the manifest's ``extra``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-from collections import Counter
-from typing import Callable
+import secrets
+import time
+from typing import Callable, Iterator
 
 import numpy as np
 import ray
 import ray.data
 import torch
-from tqdm import tqdm
 
 from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
 from presto_ray.data.audio_source import plan_audio_items, render_audio_row
 from presto_ray.data.music21_source import SPLITS, RenderSpec, find_fluidsynth, find_soundfont, plan_items, render_item
 from presto_ray.data.records import skipped_record
-from presto_ray.data.shards import Manifest, ShardWriter
+from presto_ray.data.shards import Manifest, completed_files, open_folder, write_manifest, writer_identity
+from presto_ray.data.sink import ShardSink
 
 log = logging.getLogger("presto_ray.prepare")
 
 METADATA_COLUMNS = ("split", "piece_id", "instruments", "source_metadata")
+RENDER_TASKS_PER_WORKER = 100  # render tasks (blocks of plan rows) one worker process runs before it is replaced
 
 
 def _render(row: dict) -> dict:
@@ -128,57 +132,44 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
         raise ValueError("the codec gives fewer frames per clip than model.latent_frames")
 
     rows, load_row, facts = plan(cfg)
-    writers = {
-        split: ShardWriter(storage.join(out, split), rows_per_shard=cfg.prepare.rows_per_shard,
-                           latent_shape=(cfg.model.latent_channels, cfg.model.latent_frames),
-                           text_shape=(cfg.text.max_tokens, text.dim), codec_identity=codec.identity(),
-                           text_identity=text.identity(), metadata_columns=METADATA_COLUMNS)
-        for split in SPLITS if any(r["split"] == split for r in rows)
-    }
+    writer_args = dict(rows_per_shard=cfg.prepare.rows_per_shard,
+                       latent_shape=(cfg.model.latent_channels, cfg.model.latent_frames),
+                       text_shape=(cfg.text.max_tokens, text.dim), codec_identity=codec.identity(),
+                       text_identity=text.identity(), metadata_columns=METADATA_COLUMNS)
+    identity = writer_identity(**{k: v for k, v in writer_args.items() if k != "rows_per_shard"})
+    splits = [split for split in SPLITS if any(r["split"] == split for r in rows)]
     todo = []
-    for split, writer in writers.items():
+    for split in splits:
+        uri = storage.join(out, split)
+        done = {rid for info in open_folder(uri, identity).values() for rid in info["ids"]}
         planned = {r["id"] for r in rows if r["split"] == split}
-        stray = writer.completed_ids - planned
+        stray = done - planned
         if stray:
-            raise ValueError(f"{storage.join(out, split)} holds {len(stray)} items this plan does not have "
+            raise ValueError(f"{uri} holds {len(stray)} items this plan does not have "
                              f"(e.g. {sorted(stray)[0]}): it was written with other prepare settings "
                              "(seed, split_seed, split_fractions, hours, source); use a new --out")
-        todo += [r for r in rows if r["split"] == split and r["id"] not in writer.completed_ids]
+        todo += [r for r in rows if r["split"] == split and r["id"] not in done]
     log.info("prepare: %d %s items planned (%.2f h of %.2f s clips), %d already written, %d to do", len(rows),
              facts["source"], len(rows) * cfg.clip_seconds / 3600, cfg.clip_seconds, len(rows) - len(todo), len(todo))
-    skipped: dict[str, Counter] = {split: Counter() for split in writers}
+    sink = ShardSink(out, run_tag=run_tag(), writer_args=writer_args)
     if todo:
-        ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
-        ds = ds.map(load_row)
-        ds = ds.map_batches(Encoder, fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json")},
-                            batch_size=cfg.prepare.encode_batch, concurrency=(1, cfg.prepare.encode_actors),
-                            num_gpus=cfg.prepare.encode_gpus, batch_format="numpy")
-        bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress)
-        for batch in ds.iter_batches(batch_size=cfg.prepare.encode_batch, batch_format="numpy"):
-            for i in range(len(batch["id"])):
-                reason = str(batch["skip_reason"][i])
-                if reason:
-                    skipped[str(batch["split"][i])][reason_code(reason)] += 1
-                else:
-                    writers[str(batch["split"][i])].add({k: batch[k][i] for k in batch if k != "skip_reason"})
-                bar.update(1)
-            bar.set_postfix(skipped=sum(sum(c.values()) for c in skipped.values()))
-        bar.close()
+        with data_context(progress):
+            pipeline(cfg, todo, load_row).write_datasink(sink)
     manifests = {}
-    for split, writer in writers.items():
-        writer.flush()
-        if not writer.completed_ids:
-            writer.close(finalize=False)
+    for split in splits:
+        uri = storage.join(out, split)
+        if not completed_files(uri, identity=identity, verify=False):
             log.warning("prepare: split '%s' got no usable clip; no shard set written for it", split)
             continue
         extra = {**facts, "split": split, "seed": cfg.prepare.seed, "split_seed": cfg.prepare.split_seed,
-                 "split_fractions": list(cfg.prepare.split_fractions), "skipped_this_run": dict(skipped[split]),
+                 "split_fractions": list(cfg.prepare.split_fractions),
+                 "skipped_this_run": dict(sink.skipped.get(split, {})),
                  "planned_items": sum(r["split"] == split for r in rows),
                  "rendered_this_run": sum(r["split"] == split for r in todo)}
-        manifests[split] = writer.close(extra=extra)
-        log.info("prepare: %s: %d rows in %d files at %s", split, manifests[split].num_rows,
-                 len(manifests[split].files), storage.join(out, split))
-    for split, counts in skipped.items():
+        manifests[split] = write_manifest(uri, identity=identity, extra=extra)
+        log.info("prepare: %s: %d rows in %d files at %s (%d written this run)", split, manifests[split].num_rows,
+                 len(manifests[split].files), uri, sink.written.get(split, 0))
+    for split, counts in sink.skipped.items():
         if counts:
             log.info("prepare: %s: skipped %d items: %s", split, sum(counts.values()), dict(counts))
     if "train" not in manifests:
@@ -186,6 +177,41 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
     return manifests
 
 
-def reason_code(reason: str) -> str:
-    """"silent render (rms 1e-05)" / "too short: 3.1 s ..." -> "silent render" / "too short"."""
-    return reason.split(":")[0].split(" (")[0].strip() or "unknown"
+def pipeline(cfg: PrestoConfig, todo: list[dict], load_row: Callable[[dict], dict]) -> ray.data.Dataset:
+    """The Ray Data pipeline before the write stage: plan rows -> ``load_row`` tasks (render or
+    decode; ``prepare.render_cpus`` CPUs each) -> the :class:`Encoder` actor pool.
+
+    Ray Data fuses a task map into a following actor map when their remote arguments agree, which
+    put every render inside the encoder actors, one at a time. The render tasks carry a task-only
+    option, ``max_calls`` (a render worker process is replaced after that many tasks, which bounds
+    what music21's in-process caches hold), so the two stages never agree and rendering runs in
+    parallel tasks."""
+    p = cfg.prepare
+    ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 64))
+    ds = ds.map(load_row, num_cpus=p.render_cpus, max_calls=RENDER_TASKS_PER_WORKER)
+    return ds.map_batches(Encoder, fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json")},
+                          batch_size=p.encode_batch, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=p.encode_actors),
+                          num_cpus=p.encode_cpus, num_gpus=p.encode_gpus, batch_format="numpy")
+
+
+def run_tag() -> str:
+    """A name part unique to this run (time plus randomness), so that its shard files never reuse
+    the name of a file an earlier run wrote."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}{secrets.token_hex(2)}"
+
+
+@contextlib.contextmanager
+def data_context(progress: bool) -> Iterator[None]:
+    """Ray Data settings for the prepare pipeline, restored afterwards: progress bars (rows through
+    each stage: render, encode, write) when ``progress``, and no per-operator resource reservation.
+    With reservation on, Ray Data holds back part of a small cluster for every operator, so on 2
+    CPUs one render task ran at a time (128 tiny clips: 50 s with it, 32 s without;
+    docs/benchmarks.md)."""
+    ctx = ray.data.DataContext.get_current()
+    before = (ctx.enable_progress_bars, ctx.enable_operator_progress_bars, ctx.op_resource_reservation_enabled)
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = bool(progress)
+    ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.enable_operator_progress_bars, ctx.op_resource_reservation_enabled = before

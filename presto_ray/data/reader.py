@@ -30,7 +30,7 @@ from ray.data import FileShuffleConfig
 
 from presto_ray.data import storage
 from presto_ray.data.batch import TRAIN_COLUMNS
-from presto_ray.data.shards import CORE_COLUMNS, Manifest, read_manifest
+from presto_ray.data.shards import CORE_COLUMNS, Manifest, fixed_values, read_manifest
 
 log = logging.getLogger("presto_ray.data")
 
@@ -94,12 +94,6 @@ class EpochFileShuffle(FileShuffleConfig):
         return epoch_seed(self.seed, self.first_epoch + execution_idx)
 
 
-def _fixed_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
-    """A fixed-size-list column of N rows -> numpy [N, *shape]."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape((len(arr), *shape))
-
-
 def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], columns: list[str], on_bad_rows: str,
                   counter: BadRowCounter | None) -> dict[str, np.ndarray]:
     """Arrow batch of shard columns -> numpy columns: latent [B, C, T] float16, text_states
@@ -107,7 +101,7 @@ def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], column
     out = {}
     for col in columns:
         if col in shapes:
-            out[col] = _fixed_to_numpy(batch.column(col), shapes[col])
+            out[col] = fixed_values(batch.column(col), col, shapes[col])
         else:
             out[col] = batch.column(col).to_numpy(zero_copy_only=False)
     n = batch.num_rows

@@ -7,12 +7,16 @@ Layout of a shard folder (local path, ``file://`` or ``s3://`` URI)::
                                    per-channel latent sum / sum of squares, writer identity
     manifest.json                  written LAST by ShardWriter.close(); its presence means "complete"
 
-Columns. Fixed shapes are stored as Arrow ``fixed_size_list`` columns of the flattened row-major
-array (plain Parquet that every reader understands; the shape lives in the manifest and in each
-field's metadata, and the reader reshapes): ``latent`` float16 [C*T] (= [C, T]), ``text_states``
-float16 [L*Dt] (= [L, Dt]), ``text_mask`` bool [L]; ``id`` and ``caption`` strings; ``bpm``,
+Columns. Fixed-shape arrays are stored one value per row as Arrow ``fixed_size_binary`` columns
+(Parquet FIXED_LEN_BYTE_ARRAY) holding the row's array in C order, little-endian; the shape and
+dtype live in the manifest and in each field's metadata, and :func:`fixed_values` turns a column
+back into [N, *shape] without a copy: ``latent`` float16 [C, T], ``text_states`` float16 [L, Dt],
+``text_mask`` bool [L] (one byte, 0 or 1, per token); ``id`` and ``caption`` strings; ``bpm``,
 ``seconds_start``, ``seconds_total`` float32; optional string metadata columns (``split``,
-``piece_id``, ``source`` ...) named when the writer is made.
+``piece_id``, ``source`` ...) named when the writer is made. (Schema version 1 stored the arrays
+as ``fixed_size_list`` columns; Parquet keeps a repetition and a definition level per element of a
+list, which made reading them ~10x slower, see docs/benchmarks.md. Version 1 sets are refused with
+a message to run ``prepare`` again.)
 
 Atomicity. A shard is serialised in memory and written whole: locally to a hidden temporary name
 in the same folder, fsync'ed and renamed; on S3 uploaded under ``_staging/``, its size checked, then
@@ -49,29 +53,57 @@ from presto_ray.data.stats import LatentStats
 
 log = logging.getLogger("presto_ray.data")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PARTS_DIR = "_parts"
 STAGING_DIR = storage.STAGING_DIR
 CORE_COLUMNS = ("id", "latent", "caption", "text_states", "text_mask", "bpm", "seconds_start", "seconds_total")
+FIXED_DTYPES = {"latent": np.dtype("<f2"), "text_states": np.dtype("<f2"), "text_mask": np.dtype(np.bool_)}
+
+
+def fixed_field(name: str, shape: Sequence[int]) -> pa.Field:
+    """The Arrow field of the fixed-shape column ``name`` (a key of FIXED_DTYPES) holding [*shape]
+    arrays: fixed_size_binary of prod(shape) * itemsize bytes, shape and dtype in its metadata."""
+    dtype = FIXED_DTYPES[name]
+    width = int(np.prod(shape)) * dtype.itemsize
+    return pa.field(name, pa.binary(width), nullable=False,
+                    metadata={"shape": json.dumps([int(s) for s in shape]), "dtype": dtype.str})
+
+
+def fixed_column(name: str, values: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """[N, *shape] array -> the fixed_size_binary column ``name`` (one row's bytes per value)."""
+    values = np.ascontiguousarray(values, dtype=FIXED_DTYPES[name])
+    width = int(np.prod(values.shape[1:])) * values.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values.tobytes())])
+
+
+def fixed_values(column: pa.ChunkedArray | pa.Array, name: str, shape: Sequence[int]) -> np.ndarray:
+    """A fixed_size_binary column of N rows -> read-only numpy [N, *shape] of FIXED_DTYPES[name],
+    viewing Arrow's buffer (no copy unless the column is chunked)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dtype, shape = FIXED_DTYPES[name], tuple(int(s) for s in shape)
+    width = int(np.prod(shape)) * dtype.itemsize
+    if not pa.types.is_fixed_size_binary(arr.type) or arr.type.byte_width != width:
+        raise ValueError(f"column '{name}' has type {arr.type}, expected fixed_size_binary[{width}] for {list(shape)}")
+    if arr.null_count:
+        raise ValueError(f"column '{name}' holds {arr.null_count} nulls")
+    if len(arr) == 0:
+        return np.zeros((0, *shape), dtype)
+    data = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=len(arr) * width, offset=arr.offset * width)
+    return data.view(dtype).reshape((len(arr), *shape))
 
 
 def shard_schema(latent_shape: Sequence[int], text_shape: Sequence[int],
                  metadata_columns: Sequence[str] = ()) -> pa.Schema:
-    """The Arrow schema of a shard: latent [C, T] and text_states [L, Dt] as float16 fixed-size
-    lists of C*T and L*Dt values, text_mask [L] as a bool fixed-size list, metadata as strings."""
+    """The Arrow schema of a shard: latent [C, T] and text_states [L, Dt] float16 and text_mask [L]
+    bool as fixed-size binary values (:func:`fixed_field`), metadata as strings."""
     (c, t), (length, dt) = latent_shape, text_shape
-
-    def fixed(name: str, value_type: pa.DataType, shape: Sequence[int]) -> pa.Field:
-        return pa.field(name, pa.list_(value_type, int(np.prod(shape))), nullable=False,
-                        metadata={"shape": json.dumps([int(s) for s in shape])})
-
     fields = [
         pa.field("id", pa.string(), nullable=False),
-        fixed("latent", pa.float16(), (c, t)),
+        fixed_field("latent", (c, t)),
         pa.field("caption", pa.string(), nullable=False),
-        fixed("text_states", pa.float16(), (length, dt)),
-        fixed("text_mask", pa.bool_(), (length,)),
+        fixed_field("text_states", (length, dt)),
+        fixed_field("text_mask", (length,)),
         pa.field("bpm", pa.float32(), nullable=False),
         pa.field("seconds_start", pa.float32(), nullable=False),
         pa.field("seconds_total", pa.float32(), nullable=False),
@@ -128,7 +160,7 @@ class Manifest:
                 raise ValueError(f"manifest key '{key}' should be {typ.__name__}, got {type(d[key]).__name__}")
         if d["schema_version"] != SCHEMA_VERSION:
             raise ValueError(f"manifest key 'schema_version' is {d['schema_version']}, "
-                             f"this code reads {SCHEMA_VERSION}")
+                             f"this code reads {SCHEMA_VERSION}: run `presto-ray prepare` again into a new folder")
         for key, n in (("latent_shape", 2), ("text_shape", 2)):
             if len(d[key]) != n or not all(isinstance(v, int) and v > 0 for v in d[key]):
                 raise ValueError(f"manifest key '{key}' should be {n} positive integers, got {d[key]}")
@@ -210,6 +242,68 @@ def completed_files(uri: str, *, identity: dict | None = None, verify: bool = Tr
     return set(_completed_parts(uri, identity, verify))
 
 
+def writer_identity(*, latent_shape: Sequence[int], text_shape: Sequence[int], codec_identity: dict,
+                    text_identity: dict, metadata_columns: Sequence[str] = ()) -> dict:
+    """What every shard of one set must share (recorded in each sidecar): schema version, codec and
+    text-encoder identity, latent_shape [C, T], text_shape [L, Dt], metadata columns. JSON-normalised
+    (tuples -> lists) so it compares equal to what sidecars hold; not serialisable fails here."""
+    identity = {"schema_version": SCHEMA_VERSION, "codec": dict(codec_identity), "text_encoder": dict(text_identity),
+                "latent_shape": [int(v) for v in latent_shape], "text_shape": [int(v) for v in text_shape],
+                "metadata_columns": list(metadata_columns)}
+    return json.loads(json.dumps(identity))
+
+
+def check_bucket(uri: str) -> None:
+    """For an ``s3://`` URI, FileNotFoundError naming the bucket when it does not exist (a missing
+    bucket fails before any work, not after the first shard's)."""
+    if not storage.is_remote(uri):
+        return
+    fs, path = storage.resolve(uri)
+    bucket = path.split("/", 1)[0]
+    info = storage.with_retries(lambda: fs.get_file_info(bucket), uri, what="checking the bucket of")
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"bucket '{bucket}' of {uri} does not exist")
+
+
+def open_folder(uri: str, identity: dict, *, verify: bool = True, prefix: str | None = None) -> dict[str, dict]:
+    """Make the shard folder ``uri`` ready for more shards of ``identity`` and return its finished
+    shards ({name: sidecar info}). Refuses (ValueError naming a file and the differing keys) a
+    folder whose finished shards have another identity; removes ``manifest.json`` (the file set is
+    about to change); deletes unfinished leftovers (shards without a valid sidecar, temporaries,
+    staged uploads) of writer ``prefix``, or of every writer when ``prefix`` is None: only safe
+    while no writer is at work in the folder."""
+    check_bucket(uri)
+    parts = _completed_parts(uri, None, verify)
+    for name, info in parts.items():
+        if info.get("identity") != identity:
+            keys = sorted(k for k in identity if (info.get("identity") or {}).get(k) != identity[k])
+            raise ValueError(f"{uri} already holds {name} written with different {keys}; "
+                             "write to a new folder or delete the old shards")
+    storage.delete_if_present(storage.join(uri, MANIFEST_NAME))
+    _remove_leftovers(uri, set(parts), prefix)
+    return parts
+
+
+def _remove_leftovers(uri: str, finished: set[str], prefix: str | None) -> None:
+    """Delete unfinished shards, their sidecars, temporaries and staged uploads of writer ``prefix``
+    (every writer when None) under ``uri``; ``finished`` names the shards to keep."""
+    mine = re.escape(prefix) if prefix is not None else r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+    shard = re.compile(rf"{mine}-\d{{5}}\.parquet")
+    temporary = re.compile(rf"\.{mine}-.*\.tmp-.*")
+    for name in _file_infos(uri):
+        if temporary.fullmatch(name) or (shard.fullmatch(name) and name not in finished):
+            log.info("removing unfinished %s/%s", uri, name)
+            storage.delete_if_present(storage.join(uri, name))
+    for name in _file_infos(uri, PARTS_DIR):
+        stem = name.removesuffix(".json")
+        if temporary.fullmatch(name) or (shard.fullmatch(stem) and stem not in finished):
+            storage.delete_if_present(storage.join(uri, PARTS_DIR, name))
+    for staging in (STAGING_DIR, f"{PARTS_DIR}/{STAGING_DIR}"):
+        for name in _file_infos(uri, staging):
+            if prefix is None or name.startswith(f"{prefix}-"):
+                storage.delete_if_present(storage.join(uri, staging, name))
+
+
 # --- the writer -----------------------------------------------------------------------------------
 
 class ShardWriter:
@@ -217,13 +311,17 @@ class ShardWriter:
     seconds_start, seconds_total, metadata columns) as Parquet shards of ``rows_per_shard`` rows,
     then ``manifest.json`` on :meth:`close`. Bad rows are refused with a ValueError naming the id.
 
-    Several writers may fill one folder at once when each has its own ``prefix``; each then
-    calls ``close(finalize=False)`` and one caller runs :func:`write_manifest` at the end.
+    A new writer opens the folder with :func:`open_folder` (refusing another identity, keeping
+    finished shards, removing its own prefix's leftovers). Several writers may fill one folder at
+    once when each has its own ``prefix``: the coordinator calls :func:`open_folder` once, gives
+    each writer a fresh prefix and ``scan_existing=False`` (no listing, nothing deleted), each
+    writer ends with ``close(finalize=False)``, and the coordinator runs :func:`write_manifest`.
     """
 
     def __init__(self, uri: str, *, rows_per_shard: int, latent_shape: Sequence[int], text_shape: Sequence[int],
                  codec_identity: dict, text_identity: dict, metadata_columns: Sequence[str] = (),
-                 prefix: str = "part", verify_existing: bool = True, compression: str = "zstd"):
+                 prefix: str = "part", verify_existing: bool = True, scan_existing: bool = True,
+                 compression: str = "zstd"):
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
         if len(latent_shape) != 2 or len(text_shape) != 2:
@@ -241,29 +339,16 @@ class ShardWriter:
         self.metadata_columns = list(metadata_columns)
         self.prefix = prefix
         self.compression = compression
-        self.identity = {"schema_version": SCHEMA_VERSION, "codec": dict(codec_identity),
-                         "text_encoder": dict(text_identity), "latent_shape": list(self.latent_shape),
-                         "text_shape": list(self.text_shape), "metadata_columns": self.metadata_columns}
-        # JSON-normalised (tuples -> lists) so it compares equal to what sidecars hold; not
-        # serialisable fails here rather than after the work
-        self.identity = json.loads(json.dumps(self.identity))
+        self.identity = writer_identity(latent_shape=self.latent_shape, text_shape=self.text_shape,
+                                        codec_identity=codec_identity, text_identity=text_identity,
+                                        metadata_columns=self.metadata_columns)
         self.schema = shard_schema(self.latent_shape, self.text_shape, self.metadata_columns)
-
-        if storage.is_remote(self.uri):  # a missing bucket fails now, not after the first shard's work
-            fs, path = storage.resolve(self.uri)
-            bucket = path.split("/", 1)[0]
-            info = storage.with_retries(lambda: fs.get_file_info(bucket), self.uri, what="checking the bucket of")
-            if info.type == pafs.FileType.NotFound:
-                raise FileNotFoundError(f"bucket '{bucket}' of {self.uri} does not exist")
-        self._parts = _completed_parts(self.uri, None, verify_existing)
-        for name, info in self._parts.items():
-            if info.get("identity") != self.identity:
-                keys = sorted(k for k in self.identity if (info.get("identity") or {}).get(k) != self.identity[k])
-                raise ValueError(f"{self.uri} already holds {name} written with different {keys}; "
-                                 "write to a new folder or delete the old shards")
-        storage.delete_if_present(storage.join(self.uri, MANIFEST_NAME))  # the file set is about to change
+        if scan_existing:
+            self._parts = open_folder(self.uri, self.identity, verify=verify_existing, prefix=prefix)
+        else:  # the caller opened the folder (open_folder) and gave this writer a prefix of its own
+            check_bucket(self.uri)
+            self._parts = {}
         self._id_file = {rid: name for name, info in self._parts.items() for rid in info["ids"]}
-        self._remove_leftovers()
         if self._parts:
             log.info("resuming shards in %s: %d finished files, %d rows kept", self.uri, len(self._parts),
                      len(self._id_file))
@@ -282,25 +367,6 @@ class ShardWriter:
     def completed_ids(self) -> set[str]:
         """Row ids stored in finished shard files."""
         return set(self._id_file)
-
-    def _own(self, name: str) -> bool:
-        return re.fullmatch(rf"{re.escape(self.prefix)}-\d{{5}}\.parquet", name) is not None
-
-    def _remove_leftovers(self) -> None:
-        """Delete this prefix's shards that are not finished, and stale temporaries / staged uploads."""
-        for name in _file_infos(self.uri):
-            tmp = name.startswith(f".{self.prefix}-") and ".tmp-" in name
-            if tmp or (self._own(name) and name not in self._parts):
-                log.info("removing unfinished %s/%s", self.uri, name)
-                storage.delete_if_present(storage.join(self.uri, name))
-        for name in _file_infos(self.uri, PARTS_DIR):
-            tmp = name.startswith(f".{self.prefix}-") and ".tmp-" in name
-            if tmp or (self._own(name.removesuffix(".json")) and name.removesuffix(".json") not in self._parts):
-                storage.delete_if_present(storage.join(self.uri, PARTS_DIR, name))
-        for staging in (STAGING_DIR, f"{PARTS_DIR}/{STAGING_DIR}"):
-            for name in _file_infos(self.uri, staging):
-                if name.startswith(f"{self.prefix}-"):
-                    storage.delete_if_present(storage.join(self.uri, staging, name))
 
     # rows in
     def check_row(self, row: dict) -> dict:
@@ -379,15 +445,12 @@ class ShardWriter:
         text_states = np.stack([r["text_states"] for r in rows])  # [N, L, Dt]
         text_mask = np.stack([r["text_mask"] for r in rows])  # [N, L]
 
-        def fixed(values: np.ndarray, typ: pa.DataType) -> pa.Array:
-            return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), values[0].size)
-
         columns = {
             "id": pa.array([r["id"] for r in rows], pa.string()),
-            "latent": fixed(latent, pa.float16()),
+            "latent": fixed_column("latent", latent),
             "caption": pa.array([r["caption"] for r in rows], pa.string()),
-            "text_states": fixed(text_states, pa.float16()),
-            "text_mask": fixed(text_mask, pa.bool_()),
+            "text_states": fixed_column("text_states", text_states),
+            "text_mask": fixed_column("text_mask", text_mask),
             **{c: pa.array([r[c] for r in rows], pa.float32()) for c in ("bpm", "seconds_start", "seconds_total")},
             **{c: pa.array([r[c] for r in rows], pa.string()) for c in self.metadata_columns},
         }

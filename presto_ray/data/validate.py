@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from presto_ray.data import storage
-from presto_ray.data.shards import MANIFEST_NAME, Manifest, read_manifest, stats_from_sums
+from presto_ray.data.shards import MANIFEST_NAME, Manifest, fixed_values, read_manifest, stats_from_sums
 
 __all__ = ["Manifest", "ShardValidationError", "validate_shards", "check_against_model"]
 
@@ -27,12 +27,6 @@ class ShardValidationError(ValueError):
         self.problems = problems
         super().__init__(f"shards at {uri} failed validation ({len(problems)} problems):\n  - "
                          + "\n  - ".join(problems))
-
-
-def _fixed_values(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
-    """A fixed-size-list column -> numpy [N, *shape]."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape((len(arr), *shape))
 
 
 def _schema_problems(name: str, got: pa.Schema, want: pa.Schema) -> list[str]:
@@ -53,8 +47,8 @@ def _row_problems(name: str, table: pa.Table, manifest: Manifest) -> tuple[list[
     """Row-level findings in one file, plus its per-channel latent sum and sum of squares [C]."""
     problems = []
     ids = table.column("id").to_pylist()
-    latent = _fixed_values(table.column("latent"), tuple(manifest.latent_shape))  # [N, C, T]
-    states = _fixed_values(table.column("text_states"), tuple(manifest.text_shape))  # [N, L, Dt]
+    latent = fixed_values(table.column("latent"), "latent", manifest.latent_shape)  # [N, C, T]
+    states = fixed_values(table.column("text_states"), "text_states", manifest.text_shape)  # [N, L, Dt]
     for col, values in (("latent", latent), ("text_states", states)):
         bad = ~np.isfinite(values).reshape(len(values), -1).all(axis=1)
         problems += [f"{name}: row {i} (id '{ids[i]}'): {col} has NaN/Inf values" for i in np.flatnonzero(bad)]
