@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", action="append", default=[], help="a folder of WAV files to show and play (repeatable)")
     p.add_argument("--out", default="report.html", help="output file (default ./report.html)")
     p.add_argument("--title", default="presto_ray report")
+    p.add_argument("--results-md", help="also write this markdown file (e.g. docs/results.md) from the one --metrics "
+                                        "document of a quickstart run: the table and the paper's targets checked")
+    p.add_argument("--made-by", default="presto-ray quickstart", help="with --results-md: the command that made the runs")
 
     p = sub.add_parser("evaluate", help="generate for held-out prompts, embed with musicnn -> metrics.json",
                        description="Generates one clip per held-out prompt of a shard set, embeds generated "
@@ -125,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="output folder (default ./quickstart)")
     p.add_argument("--with-baselines", action="store_true",
                    help="also distil, evaluate and benchmark the dmd2, ase and cd baselines")
+    p.add_argument("--plan", choices=["quickstart", "reference"], default="quickstart",
+                   help="stage sizes: quickstart (minutes on a laptop CPU, the default) or reference (the reference "
+                        "experiment of docs/results.md, meant for --config small: hours on CPU, or with "
+                        "train.use_gpu=true on a GPU machine)")
 
     p = sub.add_parser("sweep", help="Ray Tune sweeps: layer-drop schedules (inference) or Presto-S loss weights (training)",
                        description="Search spaces live in tuning/*.yaml (see tuning/README.md); rerunning the same "
@@ -221,6 +228,19 @@ def cmd_report(args) -> int:
 
     print(write_report(args.out, latency=args.latency, metrics=args.metrics, runs=args.run, audio=args.audio,
                        title=args.title))
+    if args.results_md:
+        import json
+
+        from presto_ray.eval.targets import results_markdown
+
+        if len(args.metrics) != 1:
+            raise ValueError("--results-md needs exactly one --metrics (a quickstart's metrics.json)")
+        doc = json.loads(Path(args.metrics[0]).read_text())
+        if not isinstance(doc, dict) or "entries" not in doc:
+            raise ValueError(f"{args.metrics[0]} is not a quickstart metrics.json (no 'entries')")
+        Path(args.results_md).write_text(results_markdown(doc, title=args.title, command=args.made_by,
+                                                          date=time.strftime("%Y-%m-%d")))
+        print(args.results_md)
     return 0
 
 
@@ -313,7 +333,12 @@ def cmd_sweep(args) -> int:
 def cmd_quickstart(args) -> int:
     from presto_ray.quickstart import quickstart
 
-    quickstart(_load(args), Path(args.out), with_baselines=args.with_baselines, address=args.address)
+    from presto_ray.quickstart.plan import PLANS
+
+    command = " ".join(["presto-ray quickstart", f"--config {args.config}", f"--plan {args.plan}", f"--out {args.out}",
+                        *(["--with-baselines"] if args.with_baselines else []), *args.overrides])
+    quickstart(_load(args), Path(args.out), plan=PLANS[args.plan], with_baselines=args.with_baselines,
+               address=args.address, command=command, cfg_name=Path(args.config).stem)
     return 0
 
 

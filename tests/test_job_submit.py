@@ -217,6 +217,7 @@ def test_job_runs_the_venv_python_on_the_uploaded_working_dir(ray_head):
     assert seen["address"] and seen["address"].startswith("127.0.0.1:")  # Ray points the driver at its head
 
 
+@pytest.mark.slow  # ~100 s: kept out of the default suite's 20 minutes; CI runs it when time allows
 @pytest.mark.timeout(900)
 def test_distill_job_checkpoints_and_resumes_when_resubmitted(ray_head, teacher_export, tmp_path):
     storage = tmp_path / "runs"

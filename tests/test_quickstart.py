@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from presto_ray.cli import main
 from presto_ray.config import load_config
+from presto_ray.eval.targets import check
 from presto_ray.quickstart import BASELINES, METHODS, Plan, quickstart
 from presto_ray.quickstart.pipeline import finished_step
 from presto_ray.quickstart.results import ENTRY_KEYS, case_label
@@ -23,9 +25,10 @@ pytest.importorskip("musicnn", reason="the musicnn weights come with `pip instal
 
 SMALL = Plan(items=32, split_fractions=(0.6, 0.4, 0.0), teacher_steps=12,
              distill_steps={m: 3 for m in METHODS + BASELINES}, eval_samples=8, teacher_extra_steps=(2,),
-             latency_repeats=1, latency_warmup=0, report_clips=2)
-LABELS = ["teacher default", "teacher 2 steps", "presto-l schedule", "presto-s 4 steps", "presto-ls 4 steps + schedule"]
-NAMES = ["teacher", "teacher-2-steps", *METHODS]
+             student_extra_steps=(1,), latency_repeats=1, latency_warmup=0, report_clips=2)
+LABELS = ["teacher default", "teacher 2 steps", "presto-l schedule", "presto-s 4 steps", "presto-s 1 steps",
+          "presto-ls 4 steps + schedule"]
+NAMES = ["teacher", "teacher-2-steps", "presto-l", "presto-s", "presto-s-1-steps", "presto-ls"]
 
 
 def small_config():
@@ -79,7 +82,7 @@ def _check_entries(out, labels: list[str], names: list[str]) -> list[dict]:
 def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished, capsys):
     out, first = finished
     stage_names = (["prepare", "train-teacher"] + [f"distill {m}" for m in METHODS]
-                   + [f"evaluate {n}" for n in NAMES] + ["benchmark", "metrics", "audio", "report"])
+                   + [f"evaluate {n}" for n in NAMES] + ["benchmark", "metrics", "results", "audio", "report"])
     assert list(first["stage_seconds"]) == stage_names and first["skipped"] == []
 
     # data and runs: every model trained to the plan's steps; layer students under the plan's schedule
@@ -99,7 +102,8 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     assert by_label["presto-s 4 steps"]["nfe"] == 4 and by_label["presto-s 4 steps"]["block_fraction"] == 1.0
     for label in ("presto-l schedule", "presto-ls 4 steps + schedule"):
         assert by_label[label]["block_fraction"] < 1.0, label  # the schedule drops blocks at high noise
-    assert [e["train_steps"] for e in entries] == [12, 12, 3, 3, 3]
+    assert [e["train_steps"] for e in entries] == [12, 12, 3, 3, 3, 3]
+    assert by_label["presto-s 1 steps"]["nfe"] == 1 and by_label["presto-s 1 steps"]["steps"] == 1
     latency = json.loads((out / "latency.json").read_text())
     assert latency["entries"][0]["case"] == "default" and latency["hardware"]["cpu_count"] >= 1
 
@@ -121,6 +125,21 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     assert html.count("<audio controls") == len(folders) * SMALL.report_clips
     assert len(re.findall(r'alt="training curves of ', html)) == 1 + len(METHODS)
 
+    # results.md: a row per model with the paper's columns, the targets checked on these entries
+    results = (out / "results.md").read_text()
+    rows = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith(("| model", "| ---"))]
+    assert [r.split(" | ")[0][2:] for r in rows[:len(LABELS)]] == LABELS
+    verdicts = check(json.loads((out / "metrics.json").read_text()))
+    for v in verdicts:
+        assert f"| {v.target.name} |" in results and v.status in ("met", "missed", "not measured")
+    assert {v.status for v in verdicts if "dmd2" in v.target.name or "ase" in v.target.name} == {"not measured"}
+    assert main(["report", "--metrics", str(out / "metrics.json"), "--out", str(out / "r.html"),
+                 "--results-md", str(out / "again.md"), "--title", "presto_ray results (tiny)",
+                 "--made-by", "presto-ray quickstart"]) == 0
+    assert (out / "again.md").read_text() == results
+    (out / "r.html").unlink()
+    (out / "again.md").unlink()
+
     # a second call finds every output and does nothing, and says so
     before = _snapshot(out)
     capsys.readouterr()
@@ -138,22 +157,29 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     # an evaluation lost: only it and what is built from it are redone, with the same numbers
     (out / "eval" / "presto-s" / "metrics.json").unlink()
     third = quickstart(small_config(), out, plan=SMALL)
-    assert [s for s in stage_names if s not in third["skipped"]] == ["evaluate presto-s", "metrics", "audio", "report"]
+    assert [s for s in stage_names if s not in third["skipped"]] == ["evaluate presto-s", "metrics", "results", "audio",
+                                                                     "report"]
     assert [e["fad"] for e in _check_entries(out, LABELS, NAMES)] == [e["fad"] for e in entries]
 
 
+@pytest.mark.slow  # ~70 s: kept out of the default suite's 20 minutes; CI runs it when time allows
 @pytest.mark.timeout(900)
 def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
     out = finished[0]
     summary = quickstart(small_config(), out, plan=SMALL, with_baselines=True)
     ran = [s for s in summary["stage_seconds"] if s not in summary["skipped"]]
     assert ran == ([f"distill {m}" for m in BASELINES] + [f"evaluate {m}" for m in BASELINES]
-                   + ["benchmark", "metrics", "audio", "report"])
+                   + ["benchmark", "metrics", "results", "audio", "report"])
     for method in BASELINES:
         exported = load_export(out / "runs" / method)
         assert exported.step == 3 and exported.cfg.distill.method == method
         assert exported.cfg.distill.budget_schedule.budgets == ([6, 3] if method == "ase" else [])
     labels = LABELS + ["dmd2 4 steps", "ase schedule", "cd 4 steps"]
+    results = (out / "results.md").read_text()
+    assert all(f"| {label} |" in results for label in labels)
+    baseline_targets = [v for v in check(json.loads((out / "metrics.json").read_text()))
+                        if "dmd2" in v.target.name or " cd " in v.target.name or "ase" in v.target.name]
+    assert len(baseline_targets) == 3 and all(v.met is not None for v in baseline_targets)  # measured now
     entries = _check_entries(out, labels, NAMES + list(BASELINES))
     assert {e["label"]: e for e in entries}["ase schedule"]["block_fraction"] < 1.0
     html = (out / "report.html").read_text()

@@ -9,6 +9,7 @@ stopped, and a distill run cut short resumes from its newest checkpoint):
     evaluate <name>      held-out prompts of DIR/data/valid     -> DIR/eval/<name>/{metrics.json,audio/}
     benchmark            batch-1 latency of every model, one run -> DIR/latency.json
     metrics              one entry per model and case           -> DIR/metrics.json
+    results              the table and the paper's targets checked -> DIR/results.md
     audio                the first clips of each model + the reference -> DIR/audio/<name>/
     report               tables, plots, curves, players         -> DIR/report.html
 
@@ -127,9 +128,10 @@ def collect_audio(evals: Path, names: list[str], audio: Path, clips: int, valid:
 
 
 def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baselines: bool = False,
-               address: str | None = None) -> dict:
+               address: str | None = None, command: str = "presto-ray quickstart", cfg_name: str = "tiny") -> dict:
     """Run (or continue) the quickstart into ``out``; returns the summary also written to
-    ``out/summary.json`` (stage_seconds, skipped, models, and the output paths)."""
+    ``out/summary.json`` (stage_seconds, skipped, models, and the output paths). ``command`` and
+    ``cfg_name`` are what results.md says produced it."""
     from presto_ray.train.cluster import ensure_ray
 
     t_start = time.perf_counter()
@@ -176,8 +178,11 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     exports = {"teacher": find_export(teacher_run), **{m: find_export(runs / m) for m in methods}}
     valid_rows = json.loads((data / "valid" / "manifest.json").read_text())["num_rows"]
-    cases = ([("teacher", "teacher", None)] + [(f"teacher-{n}-steps", "teacher", n) for n in plan.teacher_extra_steps]
-             + [(m, m, None) for m in methods])
+    cases = [("teacher", "teacher", None)] + [(f"teacher-{n}-steps", "teacher", n) for n in plan.teacher_extra_steps]
+    for m in methods:
+        cases.append((m, m, None))
+        if m == "presto-s":
+            cases += [(f"presto-s-{n}-steps", "presto-s", n) for n in plan.student_extra_steps]
     evaluations = []
     for name, run, steps in cases:
         export, folder = exports[run], evals / name
@@ -210,6 +215,18 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
     metrics_file = out / "metrics.json"
     stages.run("metrics", metrics_file.is_file() and not stages.ran,
                lambda: _write_json(metrics_file, combine(evaluations, json.loads(latency_file.read_text()))))
+    results_file = out / "results.md"
+
+    def results() -> None:
+        from presto_ray.eval.targets import results_markdown
+
+        doc = json.loads(metrics_file.read_text())
+        tmp = results_file.with_suffix(".part.md")
+        tmp.write_text(results_markdown(doc, title=f"presto_ray results ({cfg_name})", command=command,
+                                        date=time.strftime("%Y-%m-%d")))
+        tmp.replace(results_file)
+
+    stages.run("results", results_file.is_file() and not stages.ran, results)
 
     names = [name for name, _, _ in cases]
     folders = [audio / "reference"] + [audio / n for n in names]
@@ -233,9 +250,14 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
                "models": {name: str(path) for name, path in exports.items()}, "with_baselines": with_baselines,
                "stage_seconds": stages.seconds, "skipped": stages.skipped,
                "total_seconds": time.perf_counter() - t_start, "report": str(report), "metrics": str(metrics_file),
-               "latency": str(latency_file), "audio": [str(f) for f in folders]}
+               "latency": str(latency_file), "results": str(results_file), "audio": [str(f) for f in folders]}
     _write_json(out / "summary.json", summary)
     print("\nquickstart stages", *stages.lines(), f"  {'total':<{max(map(len, stages.seconds))}}  "
           f"{summary['total_seconds']:7.1f} s", sep="\n")
-    print(f"\n{table(entries)}\n\nreport: {report}")
+    print(f"\n{table(entries)}\n")
+    from presto_ray.eval.targets import check
+
+    for verdict in check(json.loads(metrics_file.read_text())):
+        print(f"  {verdict.status:>12s}  {verdict.target.name}")
+    print(f"\nreport: {report}\nresults: {results_file}")
     return summary

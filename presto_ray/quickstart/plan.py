@@ -48,6 +48,9 @@ class Plan:
     eval_batch: int = 8
     teacher_extra_steps: tuple[int, ...] = (4, 8)
     """evaluate and benchmark: the teacher at these step counts besides its default sampler."""
+    student_extra_steps: tuple[int, ...] = ()
+    """evaluate: presto-s also at these step counts besides its own (``distill.student_steps``);
+    the benchmark times every student at 1, 2 and 4 steps anyway."""
     latency_repeats: int = 5
     latency_warmup: int = 1
     """benchmark: timed repeats (median) after warm-up, per model and case."""
@@ -68,3 +71,21 @@ class Plan:
         lowest = max(1, model.keep_last)
         budgets = [min(model.depth, max(lowest, math.ceil(f * model.depth))) for f in self.budget_fractions]
         return {"edges": list(self.budget_edges), "budgets": budgets}
+
+
+def _reference_distill_steps() -> dict[str, int]:
+    # iterations at `small` (batch 32); on 2 CPU cores a teacher step is ~1 s and a presto-s
+    # iteration several teacher passes, so this plan is sized for a GPU or a long CPU run
+    return {"presto-l": 3000, "presto-s": 4000, "presto-ls": 3000, "dmd2": 4000, "ase": 3000, "cd": 4000}
+
+
+REFERENCE = Plan(hours=3.0, split_fractions=(0.9, 0.1, 0.0), teacher_steps=20000,
+                 distill_steps=_reference_distill_steps(), eval_samples=128, eval_batch=16,
+                 teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=10, latency_warmup=2,
+                 report_clips=4)
+"""The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``: 3 h of music21
+audio (~1300 clips of 8.2 s), the teacher for small.yaml's 20,000 steps, every student and baseline
+for 3000-4000 iterations, 128 held-out prompts per model, Presto-S at 1, 2 and 4 steps."""
+
+PLANS = {"quickstart": Plan(), "reference": REFERENCE}
+"""The plans ``presto-ray quickstart --plan`` accepts."""
