@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from presto_ray.config import PrestoConfig, config_from_dict, deep_merge
+from presto_ray.eval.targets import check, results_markdown
 from presto_ray.quickstart.plan import BASELINES, METHODS, Plan
 from presto_ray.quickstart.results import case_label, combine, table
 from presto_ray.quickstart.stages import Stages
@@ -218,8 +219,6 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
     results_file = out / "results.md"
 
     def results() -> None:
-        from presto_ray.eval.targets import results_markdown
-
         doc = json.loads(metrics_file.read_text())
         tmp = results_file.with_suffix(".part.md")
         tmp.write_text(results_markdown(doc, title=f"presto_ray results ({cfg_name})", command=command,
@@ -255,8 +254,6 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
     print("\nquickstart stages", *stages.lines(), f"  {'total':<{max(map(len, stages.seconds))}}  "
           f"{summary['total_seconds']:7.1f} s", sep="\n")
     print(f"\n{table(entries)}\n")
-    from presto_ray.eval.targets import check
-
     for verdict in check(json.loads(metrics_file.read_text())):
         print(f"  {verdict.status:>12s}  {verdict.target.name}")
     print(f"\nreport: {report}\nresults: {results_file}")
