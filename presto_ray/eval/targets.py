@@ -52,7 +52,8 @@ def paper_targets(steps: int = 4) -> list[Target]:
     faster at little cost; Presto-S ahead of dmd2 and cd, Presto-L ahead of ase."""
     s, ls = ("presto-s", f"{steps} steps"), ("presto-ls", f"{steps} steps + schedule")
     return [
-        Target(f"Presto-S {steps} steps: FAD <= 1.2x teacher (default sampler)", s, "fad", TEACHER_DEFAULT, 1.2, True),
+        Target(f"Presto-S {steps} steps: FAD <= 1.2x teacher (default sampler)", s, "fad", TEACHER_DEFAULT,
+               1.2, True),
         Target(f"Presto-S {steps} steps: FAD < teacher at {steps} steps", s, "fad", ("teacher", f"{steps} steps"),
                1.0, True, strict=True),
         Target(f"Presto-S {steps} steps: recall >= 0.8x teacher", s, "recall", TEACHER_DEFAULT, 0.8, False),
@@ -62,8 +63,10 @@ def paper_targets(steps: int = 4) -> list[Target]:
         Target(f"Presto-LS {steps} steps: end to end >= 10x faster than teacher", ls, "total_speedup",
                TEACHER_DEFAULT, 10.0, False),
         Target(f"Presto-LS {steps} steps: FAD <= 1.3x teacher", ls, "fad", TEACHER_DEFAULT, 1.3, True),
-        Target(f"Presto-S {steps} steps: FAD < dmd2 {steps} steps", s, "fad", ("dmd2", f"{steps} steps"), 1.0, True, strict=True),
-        Target(f"Presto-S {steps} steps: FAD < cd {steps} steps", s, "fad", ("cd", f"{steps} steps"), 1.0, True, strict=True),
+        Target(f"Presto-S {steps} steps: FAD < dmd2 {steps} steps", s, "fad", ("dmd2", f"{steps} steps"),
+               1.0, True, strict=True),
+        Target(f"Presto-S {steps} steps: FAD < cd {steps} steps", s, "fad", ("cd", f"{steps} steps"),
+               1.0, True, strict=True),
         Target("Presto-L: FAD < ase at the same budget schedule", ("presto-l", "schedule"), "fad",
                ("ase", "schedule"), 1.0, True, strict=True),
     ]
