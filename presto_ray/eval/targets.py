@@ -108,7 +108,8 @@ RESULT_COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("
                   ("sampling_speedup", "speed-up", "x{:.1f}"), ("total_speedup", "end-to-end speed-up", "x{:.1f}")]
 
 
-def _cell(key: str, fmt: str, value) -> str:
+def format_cell(key: str, fmt: str, value) -> str:
+    """A table cell: ``fmt`` applied to ``value`` (seconds ``*_s`` shown as ms), "-" when missing."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return fmt.format(1000 * value if key.endswith("_s") else value)
@@ -124,7 +125,7 @@ def results_markdown(doc: dict, *, title: str, command: str, date: str) -> str:
              "| " + " | ".join(t for _, t, _ in RESULT_COLUMNS) + " |",
              "| " + " | ".join("---" for _ in RESULT_COLUMNS) + " |"]
     for e in doc["entries"]:
-        lines.append("| " + " | ".join(_cell(k, f, e.get(k)) for k, _, f in RESULT_COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_cell(k, f, e.get(k)) for k, _, f in RESULT_COLUMNS) + " |")
     lines += ["", "## Targets", "", "| target | measured | reference | status |", "| --- | --- | --- | --- |"]
     for v in check(doc):
         fmt = (lambda x: "-" if x is None else f"{x:.3g}")

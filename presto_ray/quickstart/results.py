@@ -9,10 +9,10 @@ model on its latency-vs-FAD plot.
 from __future__ import annotations
 
 import logging
-import math
 
 from presto_ray.config import PrestoConfig
 from presto_ray.distill.networks import LAYER_METHODS, budget_schedule
+from presto_ray.eval.targets import format_cell
 
 log = logging.getLogger("presto_ray.quickstart")
 
@@ -62,17 +62,11 @@ COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("steps",
            ("sampling_speedup", "speed-up", "x{:.1f}"), ("total_speedup", "end-to-end", "x{:.1f}")]
 
 
-def _cell(key: str, fmt: str, value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return fmt.format(1000 * value if key.endswith("_s") else value)
-
-
 def table(entries: list[dict]) -> str:
     """The final table as aligned text: model, training steps, sampling steps, FAD, MMD, recall,
     coverage, tempo error (BPM), batch-1 latency (sampling and end to end) and speed-ups over the
     teacher's default sampler."""
-    rows = [[title for _, title, _ in COLUMNS]] + [[_cell(k, f, e.get(k)) for k, _, f in COLUMNS] for e in entries]
+    rows = [[title for _, title, _ in COLUMNS]] + [[format_cell(k, f, e.get(k)) for k, _, f in COLUMNS] for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
