@@ -30,7 +30,7 @@ from presto_ray.data import storage
 from presto_ray.data.audio_source import plan_audio_items, render_audio_row
 from presto_ray.data.music21_source import SPLITS, RenderSpec, find_fluidsynth, find_soundfont, plan_items, render_item
 from presto_ray.data.records import skipped_record
-from presto_ray.data.shards import Manifest, completed_files, open_folder, write_manifest, writer_identity
+from presto_ray.data.shards import Manifest, open_folder, write_manifest, writer_identity
 from presto_ray.data.sink import ShardSink
 
 log = logging.getLogger("presto_ray.prepare")
@@ -138,10 +138,11 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
                        text_identity=text.identity(), metadata_columns=METADATA_COLUMNS)
     identity = writer_identity(**{k: v for k, v in writer_args.items() if k != "rows_per_shard"})
     splits = [split for split in SPLITS if any(r["split"] == split for r in rows)]
-    todo = []
+    todo, kept = [], {}
     for split in splits:
         uri = storage.join(out, split)
         done = {rid for info in open_folder(uri, identity).values() for rid in info["ids"]}
+        kept[split] = len(done)
         planned = {r["id"] for r in rows if r["split"] == split}
         stray = done - planned
         if stray:
@@ -158,7 +159,7 @@ def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, 
     manifests = {}
     for split in splits:
         uri = storage.join(out, split)
-        if not completed_files(uri, identity=identity, verify=False):
+        if not kept[split] and not sink.written.get(split):  # no finished shard from this run or an earlier one
             log.warning("prepare: split '%s' got no usable clip; no shard set written for it", split)
             continue
         extra = {**facts, "split": split, "seed": cfg.prepare.seed, "split_seed": cfg.prepare.split_seed,
