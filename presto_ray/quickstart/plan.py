@@ -74,18 +74,20 @@ class Plan:
 
 
 def _reference_distill_steps() -> dict[str, int]:
-    # iterations at `small` (batch 32); on 2 CPU cores a teacher step is ~1 s and a presto-s
-    # iteration several teacher passes, so this plan is sized for a GPU or a long CPU run
-    return {"presto-l": 3000, "presto-s": 4000, "presto-ls": 3000, "dmd2": 4000, "ase": 3000, "cd": 4000}
+    # iterations at `small` (batch 32, 2 workers of 1 CPU each); on a 2-core CPU a teacher step is
+    # ~0.7 s, a presto-s, presto-ls, dmd2 or cd iteration ~2 s, a presto-l or ase iteration ~1 s
+    return {"presto-l": 200, "presto-s": 300, "presto-ls": 200, "dmd2": 300, "ase": 200, "cd": 300}
 
 
-REFERENCE = Plan(hours=3.0, split_fractions=(0.9, 0.1, 0.0), teacher_steps=20000,
-                 distill_steps=_reference_distill_steps(), eval_samples=128, eval_batch=16,
-                 teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=10, latency_warmup=2,
+REFERENCE = Plan(hours=1.2, split_fractions=(0.8, 0.2, 0.0), teacher_steps=1500,
+                 distill_steps=_reference_distill_steps(), eval_samples=96, eval_batch=16,
+                 teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=5, latency_warmup=1,
                  report_clips=4)
-"""The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``: 3 h of music21
-audio (~1300 clips of 8.2 s), the teacher for small.yaml's 20,000 steps, every student and baseline
-for 3000-4000 iterations, 128 held-out prompts per model, Presto-S at 1, 2 and 4 steps."""
+"""The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``, sized to finish
+in about 1.5 h on a 2-core CPU with the baselines: 1.2 h of music21 audio (~500 clips of 8.2 s,
+a fifth held out), the teacher for 1500 steps, each student and baseline for 200-300 iterations,
+96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a GPU (``train.use_gpu=true``) the
+same plan takes minutes; scale ``teacher_steps`` and ``distill_steps`` up there."""
 
 PLANS = {"quickstart": Plan(), "reference": REFERENCE}
 """The plans ``presto-ray quickstart --plan`` accepts."""
