@@ -58,6 +58,32 @@ def test_discriminator_head_gives_one_logit_per_strided_frame():
         head(torch.randn(3, 16))
 
 
+@pytest.mark.parametrize("kind", ["mlp", "dit"])
+def test_logits_read_the_fake_score_state_at_the_disc_block_without_the_rest_of_the_backbone(kind):
+    from test_dit import make_inputs, make_model
+
+    torch.manual_seed(0)
+    if kind == "dit":  # width 64, depth 6, with a text condition
+        net, (x, _, cond), width = make_model(), make_inputs(batch=3, frames=32), 64
+    else:
+        net, x, cond, width = MLPNet(2, 32, 3), torch.randn(5, 2), None, 32
+    fake = EDMPrecond(net, 0.5)
+    guidance = GuidanceModel(fake, DiscriminatorHead(width, 8), disc_block=1)
+    sigma = torch.linspace(0.1, 3.0, x.shape[0])
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(net.blocks)]
+    try:
+        logits = guidance(x, sigma, cond, mode="logits")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran == [0, 1]
+    _, hidden = fake(x, sigma, cond, return_hidden=[1])
+    torch.testing.assert_close(logits, guidance.head(hidden[1]), atol=1e-6, rtol=1e-6)
+    logits.sum().backward()
+    assert all(p.grad is None for p in net.blocks[2].parameters())  # later blocks: from the fake-score loss
+
+
 def _toy(ttur=2, nu=0.5):
     torch.manual_seed(0)
     mix = GaussianMixtureDenoiser(torch.tensor([0.6, 0.4]), torch.tensor([[-0.5, 0.0], [0.5, 0.2]]),

@@ -319,6 +319,27 @@ def test_hidden_taps_shapes_and_manual_run_with_mixed_budgets():
         assert sorted(full) == list(range(6))
 
 
+def test_hidden_state_runs_only_the_blocks_up_to_k_and_equals_the_tapped_state():
+    model = make_model(keep_last=1, budget_embedding=True)
+    x, c_noise, cond = make_inputs(batch=4, frames=32)
+    budget = torch.tensor([6, 3, 1, 4])
+    calls = []
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: calls.append(k)) for k, b in enumerate(model.blocks)]
+    try:
+        with torch.no_grad():
+            _, tapped = model(x, c_noise, cond, budget=budget, return_hidden=[2])
+            assert calls == list(range(6))
+            calls.clear()
+            h = model.hidden_state(x, c_noise, cond, 2, budget=budget)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == [0, 1, 2]  # blocks 3..5 and the output layer are not computed
+    torch.testing.assert_close(h, tapped[2], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="block 6 is outside"):
+        model.hidden_state(x, c_noise, cond, 6)
+
+
 # ------------------------------------------------------------------------------ null condition
 
 

@@ -12,11 +12,12 @@ from presto_ray.edm.precond import EDMPrecond
 
 
 class GuidanceModel(nn.Module):
-    """fake_score: an :class:`EDMPrecond` whose network accepts ``return_hidden=[k]``;
+    """fake_score: an :class:`EDMPrecond` whose network has ``hidden_state(x, c_noise, cond, k)``;
     head: hidden [B, N, D] -> logits [B, M]; disc_block: the block k the head reads.
 
     forward(x [B, ...], sigma [B], cond, mode="score") -> mu_fake(x) [B, ...];
-    mode="logits" -> Dh(h_k(x)) [B, M] (one backbone pass up to the output, hidden tapped).
+    mode="logits" -> Dh(h_k(x)) [B, M] (the backbone runs blocks 0..k only; the blocks after k and
+    the output layer get their gradients from the fake-score loss of the same update).
     """
 
     def __init__(self, fake_score: EDMPrecond, head: nn.Module, disc_block: int) -> None:
@@ -31,6 +32,5 @@ class GuidanceModel(nn.Module):
             out = self.fake_score(x, sigma, cond, **kw)
             return out[0] if isinstance(out, tuple) else out
         if mode == "logits":
-            _, hidden = self.fake_score(x, sigma, cond, return_hidden=[self.disc_block], **kw)
-            return self.head(hidden[self.disc_block])
+            return self.head(self.fake_score.hidden_state(x, sigma, cond, self.disc_block, **kw))
         raise ValueError(f"mode must be 'score' or 'logits', got {mode!r}")

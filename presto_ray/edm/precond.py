@@ -134,5 +134,12 @@ class EDMPrecond(torch.nn.Module):
         d = (c_skip(s, sd) * x + c_out(s, sd) * out.to(s.dtype)).to(x.dtype)
         return (d, aux) if is_tuple else d
 
+    def hidden_state(self, x: Tensor, sigma: Tensor | float, cond: Any, block: int, **kw: Any) -> Tensor:
+        """The network's hidden state after ``block`` on the preconditioned input (c_in x, c_noise):
+        ``net.hidden_state``, which runs blocks 0..block only. x: [B, ...]; sigma: float or [B]."""
+        sigma = as_sigma_batch(sigma, x)
+        x_in = (c_in(expand_sigma(sigma, x), self.sigma_data) * x).to(x.dtype)
+        return self.net.hidden_state(x_in, c_noise(sigma), cond, block, **kw)
+
     def extra_repr(self) -> str:
         return f"sigma_data={self.sigma_data}"

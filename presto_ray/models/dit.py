@@ -186,6 +186,32 @@ class DiT1D(nn.Module):
         after block k (a sample that skips block k carries its state through it).
         """
         cfg = self.cfg
+        taps = set()
+        if return_hidden is not None:
+            taps = {operator.index(k) for k in return_hidden}
+            bad = sorted(k for k in taps if not 0 <= k < cfg.depth)
+            if bad:
+                raise ValueError(f"return_hidden indices {bad} are outside [0, depth={cfg.depth})")
+        h, c, hidden = self._trunk(x, c_noise, cond, budget, taps, cfg.depth - 1)
+        out = unpatchify(self.final(h, c), cfg.latent_channels, cfg.patch)
+        if return_hidden is not None:
+            return out, {k: hidden[k] for k in return_hidden}
+        return out
+
+    def hidden_state(self, x: Tensor, c_noise: Tensor | float, cond: Cond, block: int, *,
+                     budget: BudgetArg = None) -> Tensor:
+        """h_k [B, N, D], the state after block ``k = block``, computing blocks 0..k only (the
+        discriminator's input: equal to ``forward(..., return_hidden=[k])[1][k]`` at a fraction of
+        its cost). x [B, C, T], c_noise [B] and budget as in :meth:`forward`."""
+        k = operator.index(block)
+        if not 0 <= k < self.cfg.depth:
+            raise ValueError(f"block {k} is outside [0, depth={self.cfg.depth})")
+        return self._trunk(x, c_noise, cond, budget, {k}, k)[2][k]
+
+    def _trunk(self, x: Tensor, c_noise: Tensor | float, cond: Cond, budget: BudgetArg, taps: set[int],
+               last: int) -> tuple[Tensor, Tensor, dict[int, Tensor]]:
+        """Embed the inputs and run blocks 0..last: (h [B, N, D], c [B, D], {k: h_k} for k in taps)."""
+        cfg = self.cfg
         if x.ndim != 3 or x.shape[1] != cfg.latent_channels:
             raise ValueError(f"x must have shape [B, C={cfg.latent_channels}, T], got {tuple(x.shape)}")
         batch = x.shape[0]
@@ -195,13 +221,6 @@ class DiT1D(nn.Module):
             c_noise = c_noise.expand(batch)
         if c_noise.shape != (batch,):
             raise ValueError(f"c_noise must have shape [B={batch}] (or be a scalar), got {tuple(c_noise.shape)}")
-        taps = set()
-        if return_hidden is not None:
-            taps = {operator.index(k) for k in return_hidden}
-            bad = sorted(k for k in taps if not 0 <= k < cfg.depth)
-            if bad:
-                raise ValueError(f"return_hidden indices {bad} are outside [0, depth={cfg.depth})")
-
         budgets = self._budgets(budget, batch)
         fraction = None
         if budgets is not None:
@@ -211,7 +230,9 @@ class DiT1D(nn.Module):
         h = self.x_embed(patchify(x.to(self.x_embed.weight.dtype), cfg.patch))
 
         hidden: dict[int, Tensor] = {}
-        for k, (block, rows) in enumerate(zip(self.blocks, self._schedule(budgets, x.device), strict=True)):
+        schedule = self._schedule(budgets, x.device)
+        for k in range(last + 1):
+            block, rows = self.blocks[k], schedule[k]
             if rows is None:
                 h = block(h, c, ctx, ctx_mask)
             else:
@@ -222,10 +243,7 @@ class DiT1D(nn.Module):
                 h = h.index_copy(0, rows, h_rows.to(h.dtype))
             if k in taps:
                 hidden[k] = h
-        out = unpatchify(self.final(h, c), cfg.latent_channels, cfg.patch)
-        if return_hidden is not None:
-            return out, {k: hidden[k] for k in return_hidden}
-        return out
+        return h, c, hidden
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (only those with requires_grad when ``trainable_only``)."""

@@ -2,7 +2,7 @@
 
 It has the DiT's calling convention, so EDM preconditioning, the distillation losses and the
 discriminator head treat it like the DiT: ``forward(x_in [B, d], c_noise [B], cond, *,
-budget=None, return_hidden=None)``. ``cond`` is ignored (unconditional data); ``budget`` (an int for
+budget=None, return_hidden=None)`` and ``hidden_state(x_in, c_noise, cond, block)``. ``cond`` is ignored (unconditional data); ``budget`` (an int for
 the whole batch; per-sample budgets are not supported) runs the first ``budget - keep_last``
 blocks and the last ``keep_last`` ones, like the DiT's "presto" mode.
 """
@@ -51,15 +51,27 @@ class MLPNet(nn.Module):
                 return_hidden: Sequence[int] | None = None):
         """x: [B, dim]; c_noise: [B]. Returns F [B, dim], or (F, {k: h_k [B, 1, D]}) with the
         hidden state after block k as a one-token sequence (the discriminator head's input)."""
-        emb = self.noise(sinusoidal_embedding(c_noise.reshape(-1).expand(x.shape[0]) * 1000.0, 64))
-        h = self.inp(x.to(self.inp.weight.dtype))
-        run = set(range(self.depth)) if budget is None else set(self.blocks_run(int(budget)))
-        hidden = {}
-        for k, block in enumerate(self.blocks):
-            if k in run:
-                h = block(h, emb)
-            hidden[k] = h
+        h, hidden = self._trunk(x, c_noise, budget, self.depth - 1)
         out = self.out(h)
         if return_hidden is not None:
             return out, {k: hidden[k][:, None, :] for k in return_hidden}
         return out
+
+    def hidden_state(self, x: Tensor, c_noise: Tensor, cond=None, block: int = 0, *,
+                     budget: int | None = None) -> Tensor:
+        """h_k [B, 1, D] after block ``k = block``, computing blocks 0..k only."""
+        if not 0 <= block < self.depth:
+            raise ValueError(f"block {block} is outside [0, depth={self.depth})")
+        return self._trunk(x, c_noise, budget, block)[1][block][:, None, :]
+
+    def _trunk(self, x: Tensor, c_noise: Tensor, budget: int | None, last: int) -> tuple[Tensor, dict[int, Tensor]]:
+        """Blocks 0..last: (h [B, D], {k: h_k [B, D]})."""
+        emb = self.noise(sinusoidal_embedding(c_noise.reshape(-1).expand(x.shape[0]) * 1000.0, 64))
+        h = self.inp(x.to(self.inp.weight.dtype))
+        run = set(range(self.depth)) if budget is None else set(self.blocks_run(int(budget)))
+        hidden = {}
+        for k in range(last + 1):
+            if k in run:
+                h = self.blocks[k](h, emb)
+            hidden[k] = h
+        return h, hidden
