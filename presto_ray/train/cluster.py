@@ -9,6 +9,21 @@ import ray
 
 log = logging.getLogger("presto_ray")
 
+QUIET_WORKER_LOGGERS = {
+    # Ray Train's placement-group cleaner asks the State API, which the dashboard serves, whether the
+    # controller still lives; without a dashboard it warns every few seconds for the whole run
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    # a training split logs its start, plan and finish once per epoch (hundreds of lines per run)
+    "ray.data._internal.execution.streaming_executor": logging.WARNING,
+}
+"""Loggers in the worker processes of a local cluster raised to these levels."""
+
+
+def quiet_worker_logs() -> None:
+    """``worker_process_setup_hook`` of the local cluster: raise :data:`QUIET_WORKER_LOGGERS`."""
+    for name, level in QUIET_WORKER_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or join Ray once per process. A local cluster gets at least ``num_cpus`` logical CPUs
@@ -22,7 +37,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("joined Ray cluster at %s", address)
         return
     cpus = max(os.cpu_count() or 1, num_cpus or 0)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_worker_logs"})
     log.info("started a local Ray cluster with %d logical CPUs", cpus)
 
 
