@@ -198,3 +198,16 @@ def test_backward_simulation_feeds_the_generator_its_own_samples_at_the_discrete
     update.backward_simulation = False
     plain, _ = update.generator_input(roles, x0 + 10.0, None, torch.Generator().manual_seed(0))
     assert not torch.allclose(plain, update.generator_input(roles, x0, None, torch.Generator().manual_seed(0))[0])
+
+
+def test_dmd2_says_which_presto_s_keys_it_ignores(caplog):
+    quiet = load_config("tiny", ["distill.method=dmd2"])
+    with caplog.at_level("WARNING", logger="presto_ray.distill"):
+        update = PrestoS.from_config(quiet)
+    assert update.gan_loss == "nonsaturating" and not caplog.records
+    loud = load_config("tiny", ["distill.method=dmd2", "distill.p_dmd.kind=inference"])
+    with caplog.at_level("WARNING", logger="presto_ray.distill"):
+        update = PrestoS.from_config(loud)
+    assert update.gan_loss == "nonsaturating" and update.p_dmd is update.p_gen  # still DMD2 as published
+    (record,) = caplog.records
+    assert "distill.p_dmd" in record.message and "distill.p_gen" not in record.message

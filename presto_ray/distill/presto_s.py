@@ -16,6 +16,7 @@ Every loss draws its own sigma and noise from the ``generator`` passed in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,12 @@ from presto_ray.edm.loss import denoising_loss
 from presto_ray.edm.noise import NoiseDistribution, make_noise, standard_normal
 from presto_ray.edm.precond import expand_sigma
 from presto_ray.edm.schedule import karras_sigmas
+
+log = logging.getLogger("presto_ray.distill")
+
+DMD2_REPLACES = ("p_gen", "p_dmd", "p_dsm", "p_gan")
+"""``distill`` noise keys the dmd2 baseline does not read (``dmd2_noise`` stands in for all four;
+``gan_loss`` is always the non-saturating loss there)."""
 
 def _stats(prefix: str, x: Tensor) -> dict[str, Tensor]:
     x = x.detach().float()
@@ -71,6 +78,12 @@ class PrestoS:
         d, edm = cfg.distill, cfg.edm
         student = [float(s) for s in karras_sigmas(d.student_steps, edm.sigma_min, edm.sigma_max, d.student_rho)[:-1]]
         if d.method == "dmd2":
+            defaults = type(d)()
+            ignored = [k for k in DMD2_REPLACES if getattr(d, k) != getattr(defaults, k)]
+            if ignored:
+                log.warning("distill.method=dmd2 ignores %s: DMD2 draws every noise level from "
+                            "distill.dmd2_noise (%s) and uses the non-saturating GAN loss",
+                            ", ".join(f"distill.{k}" for k in ignored), d.dmd2_noise.kind)
             noise = make_noise(d.dmd2_noise, edm)
             return cls(p_gen=noise, p_dmd=noise, p_dsm=noise, p_gan=noise, sigma_data=edm.sigma_data,
                        w_real=d.w_real, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur, gan_loss="nonsaturating",
