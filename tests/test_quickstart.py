@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from presto_ray.cli import main
 from presto_ray.config import load_config
 from presto_ray.eval.targets import check
 from presto_ray.quickstart import BASELINES, METHODS, Plan, quickstart
-from presto_ray.quickstart.pipeline import finished_step
+from presto_ray.quickstart.pipeline import distill_config, finished_step
 from presto_ray.quickstart.results import ENTRY_KEYS, case_label
 from presto_ray.train.export import load_export
 
@@ -198,6 +199,12 @@ def test_plan_budget_schedule_and_case_labels():
         {"edges": [0.5, 5.0], "budgets": [6, 4, 1]}
     with pytest.raises(ValueError, match="one more entry"):
         Plan(budget_fractions=(1.0,)).budget_schedule(cfg.model)
+    runs = Path("/runs")
+    configs = {m: distill_config(cfg, Plan(), m, runs, runs / "teacher").distill for m in (*METHODS, *BASELINES)}
+    assert configs["presto-l"].min_budget == 3  # trains the budgets its schedule [6, 3] samples with
+    assert all(configs[m].min_budget is None for m in configs if m != "presto-l")
+    assert [configs[m].budget_schedule.budgets for m in ("presto-l", "presto-ls", "ase")] == [[6, 3]] * 3
+    assert configs["presto-ls"].init == "/runs/presto-l" and configs["presto-s"].budget_schedule.budgets == []
     with pytest.raises(ValueError, match="no distill_steps for 'cd'"):
         Plan(distill_steps={"presto-s": 3}).steps_for("cd")
     scheduled = load_config("tiny", ["distill.method=presto-ls", "distill.budget_schedule.edges=[1.0]",

@@ -71,12 +71,16 @@ class TrainingSet:
 
 def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teacher_run: Path) -> PrestoConfig:
     """The config of one distill run of the quickstart: named after its method, from the teacher's
-    run (presto-ls: from the presto-l run), at the plan's steps and budget schedule."""
+    run (presto-ls: from the presto-l run), at the plan's steps and budget schedule. Presto-L draws
+    its training budgets from the schedule's lowest budget up to full depth (``distill.min_budget``):
+    the budgets the evaluation samples with, as ase trains on exactly them."""
     distill: dict = {"method": method, "teacher": str(teacher_run), "init": None}
     if method == "presto-ls":
         distill["init"] = str(runs / "presto-l")
     if method in LAYERED:
         distill["budget_schedule"] = plan.budget_schedule(cfg.model)
+    if method == "presto-l":
+        distill["min_budget"] = min(distill["budget_schedule"]["budgets"])
     return _with(cfg, {"run": {"name": method}, "train": {"steps": plan.steps_for(method)}, "distill": distill})
 
 
