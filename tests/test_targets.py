@@ -60,6 +60,19 @@ def test_missing_or_nan_entries_are_not_measured_never_met():
     assert status["Presto-S 4 steps: FAD < cd 4 steps"] == "met"
 
 
+def test_a_floor_on_a_teacher_value_of_zero_is_vacuous_not_met():
+    doc = document(recall=0.0)
+    doc["entries"][0]["recall"] = 0.0  # the teacher's recall
+    verdicts = {v.target.name: v for v in check(doc)}
+    v = verdicts["Presto-S 4 steps: recall >= 0.8x teacher"]
+    assert (v.status, v.met, v.value, v.reference) == ("vacuous", None, 0.0, 0.0)
+    assert verdicts["Presto-S 4 steps: coverage >= 0.8x teacher"].status == "met"
+    md = results_markdown(doc, title="t", command="c", date="d")
+    assert "| Presto-S 4 steps: recall >= 0.8x teacher | 0 | 0 | **vacuous** |" in md
+    assert "vacuous: the teacher's value is 0" in md
+    assert "vacuous" not in results_markdown(document(), title="t", command="c", date="d")
+
+
 def test_results_markdown_has_every_row_and_target():
     md = results_markdown(document(fad=30.0), title="Reference experiment", command="presto-ray quickstart",
                           date="2026-12-06")

@@ -34,15 +34,20 @@ class Target:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A target checked: the two values (None when not measured) and ``met`` (None when not measured)."""
+    """A target checked: the two values (None when not measured) and ``met`` (None when not measured,
+    or when ``vacuous``: a floor of ``bound x 0`` that any value meets, e.g. recall kept at 0.8x a
+    teacher whose recall is 0; such a target says nothing and is never counted as met)."""
 
     target: Target
     value: float | None
     reference: float | None
     met: bool | None
+    vacuous: bool = False
 
     @property
     def status(self) -> str:
+        if self.vacuous:
+            return "vacuous"
         return {True: "met", False: "missed", None: "not measured"}[self.met]
 
 
@@ -92,6 +97,9 @@ def check(doc: dict, targets: list[Target] | None = None) -> list[Verdict]:
             verdicts.append(Verdict(t, value, reference, None))
             continue
         bound = t.bound * reference
+        if not t.lower and not t.strict and bound == 0 and value >= 0:
+            verdicts.append(Verdict(t, value, reference, None, vacuous=True))
+            continue
         if t.lower:
             met = value < bound if t.strict else value <= bound
         else:
@@ -127,7 +135,11 @@ def results_markdown(doc: dict, *, title: str, command: str, date: str) -> str:
     for e in doc["entries"]:
         lines.append("| " + " | ".join(format_cell(k, f, e.get(k)) for k, _, f in RESULT_COLUMNS) + " |")
     lines += ["", "## Targets", "", "| target | measured | reference | status |", "| --- | --- | --- | --- |"]
-    for v in check(doc):
+    verdicts = check(doc)
+    for v in verdicts:
         fmt = (lambda x: "-" if x is None else f"{x:.3g}")
         lines.append(f"| {v.target.name} | {fmt(v.value)} | {fmt(v.reference)} | **{v.status}** |")
+    if any(v.vacuous for v in verdicts):
+        lines += ["", "vacuous: the teacher's value is 0, so the floor (a multiple of 0) holds for any value "
+                      "and the target says nothing about this run."]
     return "\n".join(lines) + "\n"
