@@ -74,8 +74,8 @@ class Plan:
 
 
 def _reference_distill_steps() -> dict[str, int]:
-    # iterations at `small` (batch 32, 2 workers of 1 CPU each); on a 2-core CPU a teacher step is
-    # ~0.7 s, a presto-s, presto-ls, dmd2 or cd iteration ~2 s, a presto-l or ase iteration ~1 s
+    # iterations at `small` (batch 32, one worker with 2 CPUs); measured on a 2-core CPU: a teacher
+    # step 1.0-1.1 s, a presto-s or presto-ls iteration ~2.9 s, dmd2 ~3.5 s, cd ~3.0 s, presto-l and ase ~1.2 s
     return {"presto-l": 200, "presto-s": 300, "presto-ls": 200, "dmd2": 300, "ase": 200, "cd": 300}
 
 
@@ -84,10 +84,10 @@ REFERENCE = Plan(hours=1.2, split_fractions=(0.8, 0.2, 0.0), teacher_steps=1500,
                  teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=5, latency_warmup=1,
                  report_clips=4)
 """The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``, sized to finish
-in about 1.5 h on a 2-core CPU with the baselines: 1.2 h of music21 audio (~500 clips of 8.2 s,
-a fifth held out), the teacher for 1500 steps, each student and baseline for 200-300 iterations,
-96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a GPU (``train.use_gpu=true``) the
-same plan takes minutes; scale ``teacher_steps`` and ``distill_steps`` up there."""
+in about 2 h on a 2-core CPU with the baselines (1 h 53 min measured, docs/results.md): 1.2 h of
+music21 audio (~530 clips of 8.2 s, a fifth held out), the teacher for 1500 steps, each student and
+baseline for 200-300 iterations, 96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a
+GPU (``train.use_gpu=true``) scale ``teacher_steps`` and ``distill_steps`` up."""
 
 PLANS = {"quickstart": Plan(), "reference": REFERENCE}
 """The plans ``presto-ray quickstart --plan`` accepts."""
