@@ -39,6 +39,7 @@ DMD2_REPLACES = ("p_gen", "p_dmd", "p_dsm", "p_gan")
 """``distill`` noise keys the dmd2 baseline does not read (``dmd2_noise`` stands in for all four;
 ``gan_loss`` is always the non-saturating loss there)."""
 
+
 def _stats(prefix: str, x: Tensor) -> dict[str, Tensor]:
     x = x.detach().float()
     return {f"{prefix}_mean": x.mean(), f"{prefix}_std": x.std()}
