@@ -2,9 +2,10 @@
 
 It has the DiT's calling convention, so EDM preconditioning, the distillation losses and the
 discriminator head treat it like the DiT: ``forward(x_in [B, d], c_noise [B], cond, *,
-budget=None, return_hidden=None)`` and ``hidden_state(x_in, c_noise, cond, block)``. ``cond`` is ignored (unconditional data); ``budget`` (an int for
-the whole batch; per-sample budgets are not supported) runs the first ``budget - keep_last``
-blocks and the last ``keep_last`` ones, like the DiT's "presto" mode.
+budget=None, return_hidden=None)`` and ``hidden_state(x_in, c_noise, cond, block)``. ``cond`` is
+ignored (unconditional data); ``budget`` (an int for the whole batch; per-sample budgets are not
+supported) runs the first ``budget - keep_last`` blocks and the last ``keep_last`` ones, like the
+DiT's "presto" mode.
 """
 
 from __future__ import annotations
