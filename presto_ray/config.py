@@ -179,6 +179,7 @@ class TrainConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     deepspeed: dict[str, Any] = {}  # merged into the generated DeepSpeed config (expert knobs)
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay of update n: min(ema_decay, (1 + n) / (10 + n))
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool | None = None

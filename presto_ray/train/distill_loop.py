@@ -108,11 +108,11 @@ def distill_worker(loop_config: dict) -> None:
     if cfg.distill.teacher_zero3:
         teacher = build_inference_engine(teacher, cfg.train, runtime)
     roles = Roles(generator=gen_role, teacher=teacher, guidance=guidance, target=target)
-    ema = EMA(gen_role, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    ema = EMA(gen_role, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
 
     def read_extra(folder: Path) -> None:
         if ema is not None:
-            ema.load_state_dict(load_file(str(folder / "ema" / "generator.safetensors")))
+            ema.load(folder / "ema" / "generator.safetensors")
         if target is not None:
             target.load_state_dict(load_file(str(folder / "target" / "generator.safetensors")))
 
@@ -150,7 +150,7 @@ def distill_worker(loop_config: dict) -> None:
     def write_rank0(folder: Path, weights: dict[str, torch.Tensor]) -> None:
         if ema is not None:
             (folder / "ema").mkdir()
-            save_file(weights, str(folder / "ema" / "generator.safetensors"))
+            ema.save(folder / "ema" / "generator.safetensors", weights)
         if target is not None:
             (folder / "target").mkdir()
             save_file({k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()},

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import ray.train
 import torch
-from safetensors.torch import load_file, save_file
 
 from presto_ray.config import NoiseConfig, config_from_dict
 from presto_ray.data.batch import batch_to_inputs
@@ -61,11 +60,11 @@ def teacher_worker(loop_config: dict) -> None:
 
     teacher = EDMPrecond(DiT1D(cfg.model), cfg.edm.sigma_data)
     role = build_engine("teacher", teacher, cfg.train, runtime)
-    ema = EMA(role, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    ema = EMA(role, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
 
     def read_extra(folder: Path) -> None:
         if ema is not None:
-            ema.load_state_dict(load_file(str(folder / "ema" / "teacher.safetensors")))
+            ema.load(folder / "ema" / "teacher.safetensors")
 
     state = restore([role], rank=rank, world_size=world, generator=generator, read_extra=read_extra) or TrainState()
     if state.step:
@@ -84,7 +83,7 @@ def teacher_worker(loop_config: dict) -> None:
     def write_rank0(folder: Path, weights: dict[str, torch.Tensor]) -> None:
         if ema is not None:
             (folder / "ema").mkdir()
-            save_file(weights, str(folder / "ema" / "teacher.safetensors"))
+            ema.save(folder / "ema" / "teacher.safetensors", weights)
         write_export(folder / "export", {"teacher": weights}, cfg, stats, state.step)
         if book is not None:
             book.flush()
