@@ -205,6 +205,9 @@ def test_plan_budget_schedule_and_case_labels():
     assert all(configs[m].min_budget is None for m in configs if m != "presto-l")
     assert [configs[m].budget_schedule.budgets for m in ("presto-l", "presto-ls", "ase")] == [[6, 3]] * 3
     assert configs["presto-ls"].init == "/runs/presto-l" and configs["presto-s"].budget_schedule.budgets == []
+    assert configs["cd"].generator.lr == cfg.distill.generator.lr == 1e-4  # the config's, by default
+    fast = distill_config(cfg, Plan(distill_lr=3e-4), "presto-s", runs, runs / "teacher").distill
+    assert fast.generator.lr == fast.guidance.lr == 3e-4 and fast.generator.zero_stage == cfg.distill.generator.zero_stage
     with pytest.raises(ValueError, match="no distill_steps for 'cd'"):
         Plan(distill_steps={"presto-s": 3}).steps_for("cd")
     scheduled = load_config("tiny", ["distill.method=presto-ls", "distill.budget_schedule.edges=[1.0]",

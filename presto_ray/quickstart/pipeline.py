@@ -73,7 +73,8 @@ def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teach
     """The config of one distill run of the quickstart: named after its method, from the teacher's
     run (presto-ls: from the presto-l run), at the plan's steps and budget schedule. Presto-L draws
     its training budgets from the schedule's lowest budget up to full depth (``distill.min_budget``):
-    the budgets the evaluation samples with, as ase trains on exactly them."""
+    the budgets the evaluation samples with, as ase trains on exactly them. ``plan.distill_lr``, when
+    set, is the learning rate of both trained roles."""
     distill: dict = {"method": method, "teacher": str(teacher_run), "init": None}
     if method == "presto-ls":
         distill["init"] = str(runs / "presto-l")
@@ -81,6 +82,9 @@ def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teach
         distill["budget_schedule"] = plan.budget_schedule(cfg.model)
     if method == "presto-l":
         distill["min_budget"] = min(distill["budget_schedule"]["budgets"])
+    if plan.distill_lr is not None:
+        distill["generator"] = {"lr": plan.distill_lr}
+        distill["guidance"] = {"lr": plan.distill_lr}
     return _with(cfg, {"run": {"name": method}, "train": {"steps": plan.steps_for(method)}, "distill": distill})
 
 

@@ -39,6 +39,9 @@ class Plan:
     (300 steps left the teacher at eval loss 0.39 and FAD 119; 1000 reach 0.28 and FAD 71.)"""
     distill_steps: dict[str, int] = field(default_factory=_default_distill_steps)
     """distill: iterations per method."""
+    distill_lr: float | None = None
+    """distill: learning rate of the generator and guidance roles of every method (None: the
+    config's ``distill.generator.lr`` / ``distill.guidance.lr``)."""
     budget_edges: tuple[float, ...] = (1.0,)
     budget_fractions: tuple[float, ...] = (1.0, 0.5)
     """The sigma -> budget schedule of presto-l, presto-ls and ase: the share of blocks run below,
@@ -80,13 +83,14 @@ def _reference_distill_steps() -> dict[str, int]:
 
 
 REFERENCE = Plan(hours=1.2, split_fractions=(0.8, 0.2, 0.0), teacher_steps=1500,
-                 distill_steps=_reference_distill_steps(), eval_samples=96, eval_batch=16,
+                 distill_steps=_reference_distill_steps(), distill_lr=1e-4, eval_samples=96, eval_batch=16,
                  teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=5, latency_warmup=1,
                  report_clips=4)
 """The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``, sized to finish
 in about 2 h on a 2-core CPU with the baselines (1 h 53 min measured, docs/results.md): 1.2 h of
 music21 audio (~530 clips of 8.2 s, a fifth held out), the teacher for 1500 steps, each student and
-baseline for 200-300 iterations, 96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a
+baseline for 200-300 iterations at learning rate 1e-4 (twice ``small.yaml``'s 5e-5, which is
+meant for runs of thousands of iterations; tiny's value), 96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a
 GPU (``train.use_gpu=true``) scale ``teacher_steps`` and ``distill_steps`` up."""
 
 PLANS = {"quickstart": Plan(), "reference": REFERENCE}
