@@ -87,11 +87,11 @@ REFERENCE = Plan(hours=1.2, split_fractions=(0.8, 0.2, 0.0), teacher_steps=1500,
                  teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=5, latency_warmup=1,
                  report_clips=4)
 """The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``, sized to finish
-in about 2 h on a 2-core CPU with the baselines (1 h 53 min measured, docs/results.md): 1.2 h of
+in about 2 h on a 2-core CPU with the baselines (1 h 42 min measured, docs/results.md): 1.2 h of
 music21 audio (~530 clips of 8.2 s, a fifth held out), the teacher for 1500 steps, each student and
-baseline for 200-300 iterations at learning rate 1e-4 (twice ``small.yaml``'s 5e-5, which is
-meant for runs of thousands of iterations; tiny's value), 96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a
-GPU (``train.use_gpu=true``) scale ``teacher_steps`` and ``distill_steps`` up."""
+baseline for 200-300 iterations at learning rate 1e-4 (tiny's; small.yaml's 5e-5 suits runs of
+thousands of iterations), 96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a GPU
+(``train.use_gpu=true``) scale ``teacher_steps`` and ``distill_steps`` up."""
 
 PLANS = {"quickstart": Plan(), "reference": REFERENCE}
 """The plans ``presto-ray quickstart --plan`` accepts."""
