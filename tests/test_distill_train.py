@@ -111,7 +111,7 @@ def test_presto_s_zero2_two_workers_checkpoints_every_role_and_resumes(tiny_conf
     assert wav.shape[-1] > 0 and np.isfinite(wav).all()
 
 
-@pytest.mark.slow  # ZeRO-3 on 2 workers plus a sharded teacher: kept out of the default suite's 20 minutes; CI runs it when time allows
+@pytest.mark.slow  # ~40 s (ZeRO-3 on 2 workers, sharded teacher): out of the default suite's 20 minutes; CI runs it when time allows
 @pytest.mark.timeout(900)
 def test_presto_s_zero3_two_workers_with_a_sharded_teacher(tiny_config, tone_data, teacher_export, tmp_path):
     ds, _ = tone_data

@@ -111,6 +111,7 @@ def test_prepare_stages_stay_separate_operators(ray_cluster, capsys):
     assert "->" not in physical
 
 
+@pytest.mark.slow  # ~56 s on 2 cores: kept out of the default suite's 20 minutes; CI runs it when time allows
 @pytest.mark.timeout(600)
 def test_prepare_killed_midway_keeps_finished_shards_and_resumes(ray_cluster, tmp_path):
     """A prepare driver is SIGKILLed once it has finished a few shards; the rerun keeps those files

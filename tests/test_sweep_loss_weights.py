@@ -206,6 +206,7 @@ def _metric_at(sweep: Path, metric: str, step: int) -> dict[str, float]:
     return {tid: float(df.loc[df["step"] == step, metric].iloc[0]) for tid, df in frames.items()}
 
 
+@pytest.mark.slow  # ~43 s on 2 cores: kept out of the default suite's 20 minutes; CI runs it when time allows
 @pytest.mark.timeout(900)
 def test_two_trials_under_asha_give_a_table_a_best_config_and_the_resources_back(
         ray_cluster, tiny_config, tone_data, untrained_teacher, tmp_path):
