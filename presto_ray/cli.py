@@ -14,6 +14,17 @@ from pathlib import Path
 
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of steps, clips, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", help="YAML config file or preset name (tiny, small, paper); default tiny")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. model.depth=8")
@@ -70,16 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--made-by", default="presto-ray quickstart", help="with --results-md: the command that made the runs")
 
     p = sub.add_parser("evaluate", help="generate for held-out prompts, embed with musicnn -> metrics.json",
-                       description="Generates one clip per held-out prompt of a shard set, embeds generated "
-                                   "audio and the held-out latents decoded by the codec with musicnn, and writes "
-                                   "metrics.json (fad, fad_inf, mmd, precision, density, recall, coverage, "
-                                   "tempo_err_bpm, key_acc, ...) and the audio to --out.")
+                       description="Generates N clips for the held-out prompts of a shard set (prompts repeat "
+                                   "with new seeds), embeds generated audio and the reference latents decoded by "
+                                   "the codec with musicnn, and writes metrics.json (kad, the primary metric, mmd, "
+                                   "fad where N allows, precision, density, recall, coverage, each with a 95%% "
+                                   "bootstrap interval <name>_ci; the noise floor floor_kad; tempo_err_bpm, "
+                                   "key_acc, ...) and the audio to --out.")
     p.add_argument("--checkpoint", required=True, help="export, step or run folder of the model to evaluate")
     p.add_argument("--data", required=True, help="held-out shard set (e.g. data/tiny/valid; local or s3://)")
+    p.add_argument("--reference", action="append", default=[], metavar="DATA",
+                   help="shard set(s) whose latents, decoded by the codec, are the reference and the noise-floor "
+                        "sample (repeatable; default --data). Give enough clips: at least 2 x N")
     p.add_argument("--out", default="eval", help="output folder (metrics.json, audio/)")
-    p.add_argument("-n", "--num-samples", type=int, default=32, help="prompts to generate (default 32)")
-    p.add_argument("--steps", type=int, help="sampler steps (default from the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("-n", "--num-samples", type=_positive, default=32, help="clips to generate (default 32)")
+    p.add_argument("--role", choices=["auto", "teacher"], default="auto",
+                   help="teacher: evaluate the teacher's weights of a student's export (e.g. as its undistilled "
+                        "control under --sampler pingpong)")
+    p.add_argument("--sampler", choices=["teacher", "pingpong"], help="sampler (default: the role's own)")
+    p.add_argument("--steps", type=_positive, help="sampler steps (default from the checkpoint)")
+    p.add_argument("--cfg-scale", type=float, help="CFG scale (teacher sampler; ping-pong only with --role teacher)")
+    p.add_argument("--s-churn", type=float, help="EDM churn of the teacher sampler (default from the checkpoint)")
+    p.add_argument("--budget-schedule", help='sigma -> budget schedule as JSON, e.g. \'{"edges": [1], "budgets": [6, 3]}\'')
+    p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mmd-bandwidth", type=float, default=10.0)
     p.add_argument("--mmd-scale", type=float, default=1000.0)
@@ -143,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="held-out shard set whose prompts and audio score each schedule")
     q.add_argument("--space", default="tuning/layer_drop.yaml", help="search space file (default tuning/layer_drop.yaml)")
     q.add_argument("--out", required=True, help="output folder or s3:// URI (trials.csv, pareto.*, export/, tune/)")
+    q.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an in-process cluster)")
+    q = kinds.add_parser("teacher-sampler", help="choose the teacher's default sampler (Heun steps x CFG x churn) "
+                         "by KAD on held-out prompts and store it in its export (sampler.json)")
+    q.add_argument("--checkpoint", required=True, help="export, step or run folder of the teacher")
+    q.add_argument("--data", required=True, help="held-out shard set whose prompts score each setting")
+    q.add_argument("--reference", action="append", default=[], metavar="DATA",
+                   help="reference shard set(s) (repeatable; default --data)")
+    q.add_argument("--out", required=True, help="folder for search.json and each setting's metrics.json")
+    q.add_argument("--steps", type=_positive, nargs="+", default=[8, 16, 32, 64])
+    q.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    q.add_argument("--churns", type=float, nargs="+", default=[0.0])
+    q.add_argument("-n", "--num-samples", type=_positive, default=64, help="clips per setting (default 64)")
+    q.add_argument("--batch-size", type=_positive, default=16)
+    q.add_argument("--seed", type=int, default=10_000)
+    q.add_argument("--no-store", action="store_true", help="report the choice without writing it into the export")
     q.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or an in-process cluster)")
     q = kinds.add_parser("loss-weights", help="search Presto-S loss weights, learning rates and noise distributions; "
                          "each trial a Ray Train run, ASHA stopping poor ones")
@@ -247,14 +285,20 @@ def cmd_report(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
 
-    from presto_ray.eval.evaluate import evaluate
-
+    from presto_ray.eval.evaluate import Sampling, evaluate
     from presto_ray.train.cluster import ensure_ray
 
     _refuse_job_local_paths({"--out": args.out})
     ensure_ray(args.address, num_cpus=args.num_workers + 1)
-    metrics = evaluate(args.checkpoint, args.data, args.out, n=args.num_samples, steps=args.steps,
-                       batch_size=args.batch_size, seed=args.seed, mmd_bandwidth=args.mmd_bandwidth,
+    if args.budget_schedule is not None:
+        from presto_ray.distill.budget import BudgetSchedule
+
+        args.budget_schedule = BudgetSchedule.parse(args.budget_schedule).to_json()
+    sampling = Sampling(role=args.role, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                        s_churn=args.s_churn, schedule=args.budget_schedule)
+    metrics = evaluate(args.checkpoint, args.data, args.out, n=args.num_samples, sampling=sampling,
+                       reference=args.reference or None, batch_size=args.batch_size, seed=args.seed,
+                       mmd_bandwidth=args.mmd_bandwidth,
                        mmd_scale=args.mmd_scale, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
                        clap=args.clap)
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
@@ -307,6 +351,18 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    if args.sweep == "teacher-sampler":
+        from presto_ray.eval.sampler_search import grid, search_table, search_teacher_sampler
+        from presto_ray.train.cluster import ensure_ray
+
+        ensure_ray(args.address)
+        doc = search_teacher_sampler(args.checkpoint, args.data, args.out,
+                                     grid(tuple(args.steps), tuple(args.cfg_scales), tuple(args.churns)),
+                                     n=args.num_samples, reference=args.reference or None,
+                                     batch_size=args.batch_size, seed=args.seed, store=not args.no_store)
+        print(search_table(doc))
+        print(f"chosen: {doc['trials'][doc['chosen']]['label']}" + ("" if args.no_store else f", stored in {doc['export']}"))
+        return 0
     if args.sweep == "layer-drop":
         from presto_ray.sweep.layer_drop import layer_drop_sweep, load_space
 

@@ -71,6 +71,17 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     return prompts
 
 
+def default_sampler(cfg, role: str) -> str:
+    """The sampler a ``role`` of an export with config ``cfg`` was trained for: "pingpong" for
+    few-step students, else "teacher" (Heun/Euler with CFG)."""
+    return "pingpong" if role == "generator" and cfg.distill.method not in networks.LAYER_METHODS else "teacher"
+
+
+def resolve_role(exported: Exported, role: str = "auto") -> str:
+    """"auto" -> the student ``generator`` when the export has one, else ``teacher``."""
+    return ("generator" if "generator" in exported.roles else "teacher") if role == "auto" else role
+
+
 class MusicGenerator:
     """Loads one exported role and turns prompts into waveforms."""
 
@@ -83,8 +94,7 @@ class MusicGenerator:
         self._tmp = tempfile.TemporaryDirectory(prefix="presto-export-") if storage.is_remote(checkpoint) else None
         local = storage.fetch_dir(checkpoint, Path(self._tmp.name) if self._tmp else Path("."))
         self.export: Exported = load_export(local)
-        if role == "auto":
-            role = "generator" if "generator" in self.export.roles else "teacher"
+        role = resolve_role(self.export, role)
         cfg = self.export.cfg
         net = DiT1D(cfg.model)
         self.denoiser = EDMPrecond(net, cfg.edm.sigma_data)
@@ -108,9 +118,7 @@ class MusicGenerator:
     @property
     def sampler(self) -> str:
         """"pingpong" for few-step students, else "teacher" (Heun/Euler with CFG)."""
-        if self.role == "generator" and self.export.cfg.distill.method not in networks.LAYER_METHODS:
-            return "pingpong"
-        return "teacher"
+        return default_sampler(self.export.cfg, self.role)
 
     @property
     def sample_rate(self) -> int:
@@ -145,13 +153,16 @@ class MusicGenerator:
 
     @torch.no_grad()
     def sample_from(self, noise: torch.Tensor, cond: Cond, *, seed: int = 1, steps: int | None = None,
-                    cfg_scale: float | None = None, sampler: str | None = None,
+                    cfg_scale: float | None = None, s_churn: float | None = None, sampler: str | None = None,
                     schedule: BudgetSchedule | None = None, progress: bool = False, **sampler_kw) -> torch.Tensor:
         """Noise [B, C, T] + condition -> normalised latents [B, C, T].
 
         sampler: "teacher" (Heun/Euler + CFG) or "pingpong" (default: what the exported role was
         trained for, see :attr:`sampler`); schedule: overrides this generator's budget schedule
-        (``BudgetSchedule([], [])`` = full depth); seed: the sampler's own noise (churn, ping-pong)."""
+        (``BudgetSchedule([], [])`` = full depth); seed: the sampler's own noise (churn, ping-pong).
+        cfg_scale, s_churn: replace the exported ``sampler`` settings (teacher sampler). Ping-pong
+        takes ``cfg_scale`` only for the teacher role (an undistilled control: the teacher's weights
+        under the student's sampler); None there means no guidance."""
         cfg = self.export.cfg
         sampler = sampler or self.sampler
         schedule = self.schedule if schedule is None else schedule
@@ -159,19 +170,22 @@ class MusicGenerator:
         gen = torch.Generator(device=self.runtime.device).manual_seed(seed)
         with self.runtime.autocast():
             if sampler == "pingpong":
-                if cfg_scale is not None:
+                if cfg_scale is not None and self.role != "teacher":
                     raise ValueError("--cfg-scale does not apply to a few-step student: guidance is distilled in")
                 steps = steps or cfg.distill.student_steps
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.distill.student_rho,
                                        device=self.runtime.device)
+                if cfg_scale is not None:  # the teacher's weights as an undistilled control, with guidance
+                    denoiser = ClassifierFreeGuidance(denoiser, cfg_scale)
                 x = sample_pingpong(denoiser, noise, sigmas, cond, generator=gen, progress=progress, **sampler_kw)
             else:
                 steps = steps or cfg.sampler.steps
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho,
                                        device=self.runtime.device)
                 scale = cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale
+                churn = cfg.sampler.s_churn if s_churn is None else s_churn
                 x = sample_teacher(ClassifierFreeGuidance(denoiser, scale), noise, sigmas, cond,
-                                   solver=cfg.sampler.solver, s_churn=cfg.sampler.s_churn,
+                                   solver=cfg.sampler.solver, s_churn=churn,
                                    s_tmin=cfg.sampler.s_tmin, s_tmax=cfg.sampler.s_tmax,
                                    s_noise=cfg.sampler.s_noise, generator=gen, progress=progress, **sampler_kw)
         return x.float()

@@ -48,21 +48,62 @@ def teacher(tmp_path_factory):
     return folder
 
 
-def test_evaluate_writes_metrics_and_audio(held_out, teacher, tmp_path):
+def test_evaluate_writes_metrics_with_intervals_the_floor_and_audio(held_out, teacher, tmp_path):
     out = tmp_path / "eval"
     assert main(["evaluate", "--checkpoint", str(teacher), "--data", str(held_out), "--out", str(out),
-                 "-n", "10", "--steps", "2"]) == 0
+                 "-n", "16", "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("fad", "fad_inf", "mmd", "precision", "density", "recall", "coverage", "tempo_err_bpm",
-                "tempo_err_octave_bpm", "key_acc", "instrument_acc"):
+    for key in ("kad", "mmd", "precision", "density", "recall", "coverage"):
+        low, high = metrics[f"{key}_ci"]
+        assert math.isfinite(metrics[key]) and low <= high, key
+    for key in ("tempo_err_bpm", "tempo_err_octave_bpm", "key_acc", "instrument_acc", "floor_kad"):
         assert math.isfinite(metrics[key]), key
-    assert metrics["n_samples"] == 10 and metrics["n_frames"] == 10  # one 3-s patch per 4.1-s clip
+    # 16 clips of 12 prompts (prompts repeat with new seeds); 12 reference clips: 6 floor, 6 reference
+    assert metrics["n_samples"] == 16 and metrics["n_prompts"] == 12 and metrics["n_frames"] == 16
+    assert (metrics["n_floor"], metrics["n_reference"]) == (6, 6) and "6 for the noise floor" in metrics["reference"]
+    # FAD needs >= 2 x 200 feature vectors each side: refused, and said why
+    assert metrics["fad"] is None and metrics["fad_note"].startswith("n too small")
     assert metrics["steps"] == 2 and metrics["sampler"] == "teacher" and metrics["role"] == "teacher"
-    assert 0.0 <= metrics["key_acc"] <= 1.0 and 0.0 <= metrics["instrument_acc"] <= 1.0 and metrics["fad"] > 0
+    assert metrics["cfg_scale"] == 4.0 and metrics["schedule"] is None
+    # an untrained teacher's noise is far from the data; two samples of the data are not
+    assert metrics["kad_ci"][0] > metrics["floor_kad_ci"][1]
     wavs = sorted((out / "audio").glob("*.wav"))
-    assert len(wavs) == 10
+    assert len(wavs) == 16
     audio, rate = sf.read(str(wavs[0]))
     assert rate == 16000 and audio.shape == (128 * 512,) and np.isfinite(audio).all()
+    assert wavs[0].read_bytes() != wavs[12].read_bytes()  # the same prompt, another seed
+
+
+@pytest.fixture(scope="module")
+def lively_teacher(tmp_path_factory):
+    """A teacher whose zero-initialised output layers are perturbed, so that its output depends on
+    the condition and on every block (CFG and a budget schedule change what it samples)."""
+    cfg = load_config("tiny", ["sampler.steps=4"])
+    torch.manual_seed(1)
+    net = EDMPrecond(DiT1D(cfg.model), 0.5)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = tmp_path_factory.mktemp("lively") / "export"
+    write_export(folder, {"teacher": net.state_dict()}, cfg,
+                 LatentStats(mean=torch.zeros(32), std=torch.ones(32), sigma_data=0.5), 1)
+    return folder
+
+
+def test_the_teacher_weights_under_a_student_sampler_are_its_undistilled_control(held_out, lively_teacher, tmp_path):
+    from presto_ray.eval.evaluate import Sampling, evaluate
+
+    teacher = lively_teacher
+    plain = evaluate(str(teacher), str(held_out), tmp_path / "a", n=6, batch_size=6,
+                     sampling=Sampling(role="teacher", sampler="pingpong", steps=2))
+    guided = evaluate(str(teacher), str(held_out), tmp_path / "b", n=6, batch_size=6,
+                      sampling=Sampling(role="teacher", sampler="pingpong", steps=2, cfg_scale=4.0,
+                                        schedule='{"edges": [1.0], "budgets": [6, 3]}'))
+    assert (plain["sampler"], plain["steps"], plain["cfg_scale"], plain["schedule"]) == ("pingpong", 2, None, None)
+    assert (guided["cfg_scale"], guided["schedule"]) == (4.0, {"edges": [1.0], "budgets": [6, 3]})
+    a, b = sorted((tmp_path / "a" / "audio").glob("*.wav")), sorted((tmp_path / "b" / "audio").glob("*.wav"))
+    assert all(x.read_bytes() != y.read_bytes() for x, y in zip(a, b))
+    assert plain["floor_kad"] == guided["floor_kad"]  # the same reference split for every model
 
 
 def test_evaluate_refuses_an_empty_caption(held_out, teacher, tmp_path):
@@ -92,24 +133,28 @@ def test_evaluate_refuses_an_empty_caption(held_out, teacher, tmp_path):
 def test_generation_on_ray_actors_equals_the_single_process_run(held_out, teacher, tmp_path):
     from presto_ray.eval.evaluate import evaluate
 
-    local = evaluate(str(teacher), str(held_out), tmp_path / "local", n=6, steps=2, batch_size=2)
-    spread = evaluate(str(teacher), str(held_out), tmp_path / "actors", n=6, steps=2, batch_size=2, num_workers=2)
+    from presto_ray.eval.evaluate import Sampling
+
+    two = Sampling(steps=2)
+    local = evaluate(str(teacher), str(held_out), tmp_path / "local", n=6, sampling=two, batch_size=2)
+    spread = evaluate(str(teacher), str(held_out), tmp_path / "actors", n=6, sampling=two, batch_size=2, num_workers=2)
     local_wavs = sorted((tmp_path / "local" / "audio").glob("*.wav"))
     actor_wavs = sorted((tmp_path / "actors" / "audio").glob("*.wav"))
     assert [w.name for w in local_wavs] == [w.name for w in actor_wavs] and len(local_wavs) == 6
     for a, b in zip(local_wavs, actor_wavs):
         assert a.read_bytes() == b.read_bytes()
-    assert spread["fad"] == pytest.approx(local["fad"])
+    assert spread["kad"] == pytest.approx(local["kad"])
 
 
 def test_reference_embeddings_are_cached_per_shard_set(held_out, teacher, tmp_path):
-    from presto_ray.eval.evaluate import evaluate
+    from presto_ray.eval.evaluate import Sampling, evaluate
 
-    first = evaluate(str(teacher), str(held_out), tmp_path / "a", n=4, steps=1)
-    cached = list((tmp_path / "cache" / "eval").glob("reference-*.npy"))
+    one = Sampling(steps=1)
+    first = evaluate(str(teacher), str(held_out), tmp_path / "a", n=4, sampling=one)
+    cached = list((tmp_path / "cache" / "eval").glob("reference-*.npz"))
     assert len(cached) == 1 and first["reference_cache"] == str(cached[0])
     stamp = cached[0].stat().st_mtime_ns
-    second = evaluate(str(teacher), str(held_out), tmp_path / "b", n=4, steps=1)
-    assert cached[0].stat().st_mtime_ns == stamp and second["fad"] == first["fad"]  # read, not rebuilt
-    evaluate(str(teacher), str(held_out), tmp_path / "c", n=5, steps=1)  # other rows: another entry
-    assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npy"))) == 2
+    second = evaluate(str(teacher), str(held_out), tmp_path / "b", n=4, sampling=one)
+    assert cached[0].stat().st_mtime_ns == stamp and second["floor_kad"] == first["floor_kad"]  # read, not rebuilt
+    evaluate(str(teacher), str(held_out), tmp_path / "c", n=4, sampling=one, reference=[str(held_out)] * 2)
+    assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npz"))) == 2  # another reference: another entry

@@ -1,9 +1,10 @@
-"""report.html's latency picture: every model apart in a legend, FAD on a log axis when it spans
-more than a decade."""
+"""report.html's latency picture: every model apart in a legend with its KAD interval, the noise
+floor as a band."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import pytest
 
 from presto_ray.eval.report import latency_figure, latency_plot
 
@@ -16,23 +17,31 @@ def _entries():
             {"method": "cd", "case": "4 steps", "sampling_s": 0.0274}]
 
 
-def test_latency_vs_fad_puts_each_model_in_the_legend_with_its_own_marker():
-    fads = {"teacher default": 63.2, "teacher 4 steps": 496.0, "presto-s 4 steps": 27.5, "cd 4 steps": 26.1}
-    fig = latency_figure(_entries(), {k: {"fad": v} for k, v in fads.items()})
+def test_latency_vs_kad_puts_each_model_in_the_legend_with_its_own_marker_and_interval():
+    kads = {"teacher default": 6.3, "teacher 4 steps": 49.6, "presto-s 4 steps": 2.75, "cd 4 steps": -0.4}
+    cis = {k: [v - 1.0, v + 2.0] for k, v in kads.items()}
+    floor = {"kad": 0.1, "kad_ci": [-0.5, 0.7]}
+    fig = latency_figure(_entries(), {k: {"kad": v, "kad_ci": cis[k]} for k, v in kads.items()}, floor)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(fads)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["data vs data (noise floor)"] + list(kads)
     assert not ax.texts  # no labels drawn on the points
-    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
-    assert points == [(e["sampling_s"] * 1000, fads[f"{e['method']} {e['case']}"]) for e in _entries()]
-    assert len({c.get_paths()[0].vertices.tobytes() for c in ax.collections}) == 4  # four markers
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"  # 26 .. 496 spans more than x10
-    plt.close(fig)
-    fig = latency_figure(_entries()[2:], {"presto-s 4 steps": {"fad": 27.5}, "cd 4 steps": {"fad": 26.1}})
-    assert fig.axes[0].get_yscale() == "linear"
+    lines = [c for c in ax.containers]  # one errorbar container per model
+    assert len(lines) == 4
+    for container, e in zip(lines, _entries()):
+        label = f"{e['method']} {e['case']}"
+        x, y = container.lines[0].get_data()
+        assert (x[0], y[0]) == (e["sampling_s"] * 1000, kads[label])
+        segment = container.lines[2][0].get_segments()[0]  # the vertical bar: the 95% interval
+        assert [segment[0][1], segment[1][1]] == cis[label]
+    assert len({c.lines[0].get_marker() for c in lines}) == 4  # four markers
+    (band,) = ax.patches  # the floor's interval, across the plot
+    ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+    assert (min(ys), max(ys)) == pytest.approx((-0.5, 0.7))
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"  # KAD may be negative: linear axis
     plt.close(fig)
 
 
-def test_without_fad_the_plot_is_latency_bars_and_encodes_as_png():
+def test_without_kad_the_plot_is_latency_bars_and_encodes_as_png():
     fig = latency_figure(_entries(), {})
     bars = fig.axes[0].patches
     assert [round(b.get_width(), 1) for b in bars] == [1088.0, 106.0, 27.0, 27.4]

@@ -21,11 +21,15 @@ LATENCY_COLUMNS = [("method", "method"), ("case", "case"), ("steps", "steps"), (
                    ("block_fraction", "blocks run"), ("text_s", "text ms"), ("sampling_s", "sampling ms"),
                    ("decode_s", "decode ms"), ("total_s", "total ms"), ("sampling_speedup", "sampling speed-up"),
                    ("total_speedup", "end-to-end speed-up"), ("rtf", "real-time factor")]
-METRIC_KEYS = ["fad", "fad_inf", "mmd", "density", "recall", "coverage", "tempo_err_bpm", "instrument_acc",
+METRIC_KEYS = ["kad", "kad_ci", "mmd", "fad", "density", "recall", "coverage", "tempo_err_bpm", "instrument_acc",
                "key_acc", "n_samples"]
 
 
 def _fmt(key: str, value) -> str:
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return f"[{value[0]:.3g}, {value[1]:.3g}]"
+    if value is None:
+        return "n too small" if key == "fad" else "-"
     if isinstance(value, float):
         if key.endswith("_s"):
             return f"{1000 * value:.1f}"
@@ -52,34 +56,36 @@ MARKERS = "osD^v<>pPX*h"
 """One marker per point of the latency plot (with the colour cycle, every model stays apart)."""
 
 
-def latency_plot(entries: list[dict], metrics: dict[str, dict]) -> str:
+def latency_plot(entries: list[dict], metrics: dict[str, dict], floor: dict | None = None) -> str:
     """:func:`latency_figure` as a PNG data URL."""
-    return _png(latency_figure(entries, metrics))
+    return _png(latency_figure(entries, metrics, floor))
 
 
-def latency_figure(entries: list[dict], metrics: dict[str, dict]):
-    """Sampling latency per case (bars), or latency vs FAD (the Pareto picture) when metrics.json
-    files give a FAD for the same model + case labels; a matplotlib Figure."""
+def latency_figure(entries: list[dict], metrics: dict[str, dict], floor: dict | None = None):
+    """Sampling latency per case (bars), or latency vs KAD with its 95% interval as error bars (the
+    Pareto picture) when metrics.json files give a KAD for the same model + case labels, with the
+    noise floor (``floor``: kad, kad_ci) as a band; a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    points = [(e["sampling_s"] * 1000, metrics[k]["fad"], k) for e in entries
-              if (k := f"{e['method']} {e['case']}") in metrics and "fad" in metrics[k]]
+    points = [(e["sampling_s"] * 1000, metrics[k]["kad"], metrics[k].get("kad_ci"), k) for e in entries
+              if (k := f"{e['method']} {e['case']}") in metrics and metrics[k].get("kad") is not None]
     if points:
-        # students sit close together (similar latency and FAD): a legend, not labels on the points
-        for i, (x, y, label) in enumerate(points):
-            ax.scatter(x, y, marker=MARKERS[i % len(MARKERS)], s=45, label=label)
+        # students sit close together (similar latency and KAD): a legend, not labels on the points
+        for i, (x, y, ci, label) in enumerate(points):
+            yerr = [[y - ci[0]], [ci[1] - y]] if ci else None
+            ax.errorbar(x, y, yerr=yerr, fmt=MARKERS[i % len(MARKERS)], markersize=6, capsize=3, label=label)
+        if floor and floor.get("kad") is not None:
+            lo, hi = floor.get("kad_ci") or (floor["kad"], floor["kad"])
+            ax.axhspan(lo, hi, color="0.85", zorder=0, label="data vs data (noise floor)")
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         ax.set_xscale("log")
-        fads = [y for _, y, _ in points]
-        if min(fads) > 0 and max(fads) / min(fads) > 10:
-            ax.set_yscale("log")
         ax.set_xlabel("sampling latency, batch 1 (ms)")
-        ax.set_ylabel("FAD (lower is better)")
-        ax.set_title("quality vs latency")
+        ax.set_ylabel("KAD x1000 (lower is better)")
+        ax.set_title("quality vs latency (95% intervals)")
     else:
         labels = [f"{e['method']}\n{e['case']}" for e in entries]
         ax.barh(labels, [1000 * e["sampling_s"] for e in entries])
@@ -165,10 +171,12 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         entries += doc.get("entries", [])
         hardware.append(doc.get("hardware", {}))
     metric_rows: dict[str, dict] = {}
+    floor = None
     for file in map(Path, metrics):
         if not file.is_file():
             raise FileNotFoundError(f"metrics file '{file}' does not exist")
         doc = json.loads(file.read_text())
+        floor = floor or doc.get("floor")
         for row in doc.get("entries", [doc]):
             label = row.get("label") or f"{row.get('method', row.get('model', file.stem))} {row.get('case', '')}".strip()
             metric_rows[label] = row
@@ -180,9 +188,12 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
     if metric_rows:
         parts.append("<h2>Quality</h2>")
         rows = [{"label": k, **v} for k, v in metric_rows.items()]
+        if floor and floor.get("kad") is not None:
+            rows.append({"label": "data vs data (noise floor)", "kad": floor["kad"], "kad_ci": floor.get("kad_ci"),
+                         "n_samples": floor.get("n")})
         parts.append(_table(rows, [("label", "model")] + [(k, k) for k in METRIC_KEYS if any(k in r for r in rows)]))
     if entries:
-        parts.append(f"<h2>Latency vs quality</h2><img src=\"{latency_plot(entries, metric_rows)}\" alt=\"latency plot\">")
+        parts.append(f"<h2>Latency vs quality</h2><img src=\"{latency_plot(entries, metric_rows, floor)}\" alt=\"latency plot\">")
     curves = [(Path(r), training_curves(Path(r))) for r in runs]
     if any(c for _, c in curves):
         parts.append("<h2>Training curves</h2>")

@@ -5,8 +5,11 @@ stopped, and a distill run cut short resumes from its newest checkpoint):
 
     prepare              music21 corpus rendered by FluidSynth -> DIR/data/{train,valid}
     train-teacher        the EDM teacher                       -> DIR/runs/<run.name>/
+    teacher-sampler      its best sampler on held-out prompts   -> sampler.json in its export
     distill <method>     presto-l, presto-s, presto-ls (+ dmd2, ase, cd with baselines) -> DIR/runs/<method>/
     evaluate <name>      held-out prompts of DIR/data/valid     -> DIR/eval/<name>/{metrics.json,audio/}
+                         (each student, its undistilled control: the teacher's weights under the
+                         same sampler, steps and schedule, and the teacher at 4 and 8 steps)
     benchmark            batch-1 latency of every model, one run -> DIR/latency.json
     metrics              one entry per model and case           -> DIR/metrics.json
     results              the table and the paper's targets checked -> DIR/results.md
@@ -22,14 +25,16 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from presto_ray.config import PrestoConfig, config_from_dict, deep_merge
-from presto_ray.eval.targets import check, results_markdown
+from presto_ray.eval.evaluate import Sampling
+from presto_ray.eval.targets import CONTROLS, check, results_markdown
 from presto_ray.quickstart.plan import BASELINES, METHODS, Plan
 from presto_ray.quickstart.results import case_label, combine, table
 from presto_ray.quickstart.stages import Stages
-from presto_ray.train.export import ExportError, find_export, load_export
+from presto_ray.train.export import SAMPLER_FILE, ExportError, find_export, load_export
 
 log = logging.getLogger("presto_ray.quickstart")
 
@@ -74,7 +79,8 @@ def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teach
     run (presto-ls: from the presto-l run), at the plan's steps and budget schedule. Presto-L draws
     its training budgets from the schedule's lowest budget up to full depth (``distill.min_budget``):
     the budgets the evaluation samples with, as ase trains on exactly them. ``plan.distill_lr``, when
-    set, is the learning rate of both trained roles."""
+    set, is the learning rate of both trained roles; ``plan.ttur``, when it names the method, its
+    guidance updates per generator update."""
     distill: dict = {"method": method, "teacher": str(teacher_run), "init": None}
     if method == "presto-ls":
         distill["init"] = str(runs / "presto-l")
@@ -85,7 +91,58 @@ def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teach
     if plan.distill_lr is not None:
         distill["generator"] = {"lr": plan.distill_lr}
         distill["guidance"] = {"lr": plan.distill_lr}
+    if method in plan.ttur:
+        distill["ttur"] = plan.ttur[method]
     return _with(cfg, {"run": {"name": method}, "train": {"steps": plan.steps_for(method)}, "distill": distill})
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One row of the quickstart's table: ``name`` (its folder under eval/), ``run`` (the teacher
+    run's name or a method: whose export), ``case`` (how the table names the sampling: the
+    benchmark's case label where it is timed), ``sampling``, and ``control_of`` (the student whose
+    undistilled control this row is: the teacher's weights sampled as that student is)."""
+
+    name: str
+    run: str
+    case: str
+    sampling: Sampling = Sampling()
+    control_of: str | None = None
+
+
+def eval_cases(cfg: PrestoConfig, plan: Plan, methods: tuple[str, ...], exported: dict) -> list[EvalCase]:
+    """The evaluations of a quickstart: the teacher at its (chosen) default and at the plan's extra
+    steps, each method's student, presto-s at the plan's extra steps, and the undistilled control
+    of each Presto student (:data:`~presto_ray.eval.targets.CONTROLS`). ``exported``: loaded
+    exports by run name (teacher and each method)."""
+    from presto_ray.distill.networks import budget_schedule
+    from presto_ray.quickstart.results import case_label
+
+    cases = [EvalCase("teacher", "teacher", "default", Sampling(role="teacher"))]
+    cases += [EvalCase(f"teacher-{n}-steps", "teacher", f"{n} steps", Sampling(role="teacher", steps=n))
+              for n in plan.teacher_extra_steps]
+    for m in methods:
+        mcfg = exported[m].cfg
+        cases.append(EvalCase(m, m, case_label(m, mcfg, None)))
+        if m == "presto-s":
+            cases += [EvalCase(f"presto-s-{n}-steps", m, case_label(m, mcfg, n), Sampling(steps=n))
+                      for n in plan.student_extra_steps]
+    for m in methods:
+        if m not in CONTROLS:
+            continue
+        mcfg = exported[m].cfg
+        steps, schedule = mcfg.distill.student_steps, budget_schedule(mcfg)
+        as_json = None if schedule.is_full else schedule.to_json()
+        for suffix, case, sampling in (
+            ("", CONTROLS[m][0].format(n=steps),
+             Sampling(role="teacher", sampler="teacher" if m == "presto-l" else "pingpong",
+                      steps=None if m == "presto-l" else steps, schedule=as_json)),
+            ("-cfg", (CONTROLS[m][1] or "").format(n=steps),
+             Sampling(role="teacher", sampler="pingpong", steps=steps, cfg_scale=mcfg.distill.w_real, schedule=as_json)),
+        ):
+            if case:
+                cases.append(EvalCase(f"control-{m}{suffix}", "teacher", case, sampling, control_of=m))
+    return cases
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -175,6 +232,18 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     teacher_run = runs / cfg.run.name
     stages.run("train-teacher", finished_step(teacher_run) >= plan.teacher_steps, train_teacher)
+    reference = [valid, str(data / "train")]
+
+    def teacher_sampler() -> None:
+        from presto_ray.eval.sampler_search import grid, search_teacher_sampler
+
+        search_teacher_sampler(str(teacher_run), valid, evals / "teacher-sampler",
+                               grid(plan.sampler_steps, plan.sampler_cfg_scales, plan.sampler_churns),
+                               n=plan.sampler_search_samples, reference=reference, batch_size=plan.eval_batch,
+                               seed=plan.sampler_search_seed)
+
+    stages.run("teacher-sampler", not plan.sampler_steps or (find_export(teacher_run) / SAMPLER_FILE).is_file(),
+               teacher_sampler)
     for method in methods:
         run_cfg = distill_config(cfg, plan, method, runs, teacher_run)
 
@@ -186,28 +255,26 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
         stages.run(f"distill {method}", finished_step(runs / method) >= run_cfg.train.steps, distill)
 
     exports = {"teacher": find_export(teacher_run), **{m: find_export(runs / m) for m in methods}}
+    exported = {name: load_export(path) for name, path in exports.items()}
     valid_rows = json.loads((data / "valid" / "manifest.json").read_text())["num_rows"]
-    cases = [("teacher", "teacher", None)] + [(f"teacher-{n}-steps", "teacher", n) for n in plan.teacher_extra_steps]
-    for m in methods:
-        cases.append((m, m, None))
-        if m == "presto-s":
-            cases += [(f"presto-s-{n}-steps", "presto-s", n) for n in plan.student_extra_steps]
+    cases = eval_cases(cfg, plan, methods, exported)
     evaluations = []
-    for name, run, steps in cases:
-        export, folder = exports[run], evals / name
+    for c in cases:
+        export, folder = exports[c.run], evals / c.name
 
-        def evaluate(export: Path = export, folder: Path = folder, steps: int | None = steps) -> None:
+        def evaluate(export: Path = export, folder: Path = folder, c: EvalCase = c) -> None:
             from presto_ray.eval.evaluate import evaluate as run_evaluate
 
-            run_evaluate(str(export), valid, folder, n=plan.eval_samples, steps=steps, batch_size=plan.eval_batch)
+            run_evaluate(str(export), valid, folder, n=plan.eval_samples, sampling=c.sampling, reference=reference,
+                         batch_size=plan.eval_batch)
 
         done = _read_json(folder / "metrics.json") or {}
-        stages.run(f"evaluate {name}", done.get("model") == str(export)
-                   and done.get("n_samples") == min(plan.eval_samples, valid_rows), evaluate)
+        wanted = c.sampling.resolved(exported[c.run])  # a changed teacher sampler makes its rows stale
+        stages.run(f"evaluate {c.name}", done.get("model") == str(export) and done.get("n_samples") == plan.eval_samples
+                   and all(done.get(k, "-") == v for k, v in wanted.items()), evaluate)
         metrics = json.loads((folder / "metrics.json").read_text())
-        exported = load_export(export)
-        evaluations.append({"name": name, "case": case_label(metrics["method"], exported.cfg, steps),
-                            "train_steps": exported.step, "metrics": metrics})
+        evaluations.append({"name": c.name, "case": c.case, "train_steps": exported[c.run].step,
+                            "control_of": c.control_of, "metrics": metrics})
 
     latency_file = out / "latency.json"
     models = [str(exports[name]) for name in ("teacher", *methods)]
@@ -235,7 +302,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     stages.run("results", results_file.is_file() and not stages.ran, results)
 
-    names = [name for name, _, _ in cases]
+    names = [c.name for c in cases]
     folders = [audio / "reference"] + [audio / n for n in names]
     clips = min(plan.report_clips, len(_wavs(evals / names[0] / "audio")))
     stages.run("audio", not stages.ran and all(len(_wavs(f)) == clips for f in folders),
@@ -251,7 +318,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     stages.run("report", report.is_file() and not stages.ran, write)
 
-    entries = json.loads(metrics_file.read_text())["entries"]
+    doc = json.loads(metrics_file.read_text())
     summary = {"out": str(out), "data": str(data), "valid_rows": valid_rows,
                "train_rows": json.loads((data / "train" / "manifest.json").read_text())["num_rows"],
                "models": {name: str(path) for name, path in exports.items()}, "with_baselines": with_baselines,
@@ -261,8 +328,8 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
     _write_json(out / "summary.json", summary)
     print("\nquickstart stages", *stages.lines(), f"  {'total':<{max(map(len, stages.seconds))}}  "
           f"{summary['total_seconds']:7.1f} s", sep="\n")
-    print(f"\n{table(entries)}\n")
-    for verdict in check(json.loads(metrics_file.read_text())):
+    print(f"\n{table(doc)}\n")
+    for verdict in check(doc):
         print(f"  {verdict.status:>12s}  {verdict.target.name}")
     print(f"\nreport: {report}\nresults: {results_file}")
     return summary

@@ -19,17 +19,26 @@ BASELINES = ("dmd2", "ase", "cd")
 
 
 def _default_distill_steps() -> dict[str, int]:
-    # iterations; seconds on an idle 2-core CPU, with ~15 s of Ray Train start-up each:
-    # presto-l, ase ~6.5 it/s (60 s); presto-s, presto-ls, dmd2 ~3.1 it/s (145 s, 110 s, 145 s); cd ~3.3 it/s (135 s)
-    return {"presto-l": 300, "presto-s": 400, "presto-ls": 300, "dmd2": 400, "ase": 300, "cd": 400}
+    # iterations; presto-s, presto-ls and dmd2 at ttur 2 (_default_ttur): 300 generator updates each.
+    # Seconds on an idle 2-core CPU, with ~15 s of Ray Train start-up each: presto-l, ase ~6.5 it/s
+    # (60 s); presto-s, presto-ls, dmd2 ~3.1 it/s at ttur 5; cd ~3.3 it/s (135 s)
+    return {"presto-l": 300, "presto-s": 600, "presto-ls": 600, "dmd2": 600, "ase": 300, "cd": 300}
+
+
+def _default_ttur() -> dict[str, int]:
+    # guidance updates per generator update: the paper's 5 would need 1500 iterations for 300
+    # generator updates, about 8 minutes per student on 2 cores; 2 fits the quickstart's budget
+    return {"presto-s": 2, "presto-ls": 2, "dmd2": 2}
 
 
 @dataclass(frozen=True)
 class Plan:
     """Stage sizes of one quickstart. Costs are for ``tiny`` on a 2-core x86_64 CPU."""
 
-    hours: float = 0.3
-    """prepare: music21 audio to render (0.3 h = 264 clips of 4.1 s, about 90 s)."""
+    hours: float = 0.6
+    """prepare: music21 audio to render (0.6 h = about 530 clips of 4.1 s, about 190 s): enough
+    reference clips (train + valid, through the codec) for a noise-floor sample and a reference
+    each at least as large as ``eval_samples``."""
     items: int | None = None
     """prepare: the number of clips instead of ``hours`` (tests)."""
     split_fractions: tuple[float, float, float] = (0.85, 0.15, 0.0)
@@ -42,13 +51,25 @@ class Plan:
     distill_lr: float | None = None
     """distill: learning rate of the generator and guidance roles of every method (None: the
     config's ``distill.generator.lr`` / ``distill.guidance.lr``)."""
+    ttur: dict[str, int] = field(default_factory=_default_ttur)
+    """distill: ``distill.ttur`` of the methods named (the others keep the config's)."""
+    sampler_steps: tuple[int, ...] = (8, 16, 32)
+    sampler_cfg_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
+    sampler_churns: tuple[float, ...] = (0.0,)
+    """teacher-sampler: the grid the teacher's default sampler is chosen from (Heun steps x CFG
+    scale x churn; empty ``sampler_steps``: keep the config's sampler, no search)."""
+    sampler_search_samples: int = 64
+    sampler_search_seed: int = 10_000
+    """teacher-sampler: clips per setting, and their seeds (apart from the evaluation's, so the
+    chosen setting is not scored again on the same noise)."""
     budget_edges: tuple[float, ...] = (1.0,)
     budget_fractions: tuple[float, ...] = (1.0, 0.5)
     """The sigma -> budget schedule of presto-l, presto-ls and ase: the share of blocks run below,
     between and above ``budget_edges`` (here: all blocks below sigma 1, half above)."""
-    eval_samples: int = 32
-    """evaluate: held-out prompts per model (each costs one generation and one musicnn pass)."""
-    eval_batch: int = 8
+    eval_samples: int = 256
+    """evaluate: clips per model (held-out prompts repeated with new seeds; each costs one
+    generation and one musicnn pass)."""
+    eval_batch: int = 32
     teacher_extra_steps: tuple[int, ...] = (4, 8)
     """evaluate and benchmark: the teacher at these step counts besides its default sampler."""
     student_extra_steps: tuple[int, ...] = ()

@@ -12,16 +12,18 @@ import logging
 
 from presto_ray.config import PrestoConfig
 from presto_ray.distill.networks import LAYER_METHODS, budget_schedule
-from presto_ray.eval.targets import format_cell
+from presto_ray.eval.targets import entry_cells, floor_entry
 
 log = logging.getLogger("presto_ray.quickstart")
 
-QUALITY_KEYS = ("fad", "fad_inf", "mmd", "precision", "density", "recall", "coverage", "tempo_err_bpm",
+DISTRIBUTION_KEYS = ("kad", "mmd", "fad", "precision", "density", "recall", "coverage")
+"""Distribution metrics: each comes with ``<name>_ci`` (fad also with ``fad_note``)."""
+QUALITY_KEYS = (*(k for name in DISTRIBUTION_KEYS for k in (name, f"{name}_ci")), "fad_note", "tempo_err_bpm",
                 "tempo_err_octave_bpm", "key_acc", "instrument_acc")
 LATENCY_KEYS = ("nfe", "block_fraction", "text_s", "sampling_s", "decode_s", "total_s", "sampling_speedup",
                 "total_speedup")
-ENTRY_KEYS = ("label", "name", "method", "case", "model", "train_steps", "sampler", "steps", "n_samples",
-              *QUALITY_KEYS, *LATENCY_KEYS)
+ENTRY_KEYS = ("label", "name", "method", "case", "model", "control_of", "train_steps", "sampler", "steps",
+              "cfg_scale", "n_samples", *QUALITY_KEYS, *LATENCY_KEYS)
 
 
 def case_label(method: str, cfg: PrestoConfig, steps: int | None) -> str:
@@ -36,37 +38,46 @@ def case_label(method: str, cfg: PrestoConfig, steps: int | None) -> str:
 
 
 def combine(evaluations: list[dict], latency: dict) -> dict:
-    """evaluations: dicts with name, case, train_steps and metrics (an evaluate() result);
-    latency: a benchmark() document. Returns the quickstart's metrics.json document."""
+    """evaluations: dicts with name, case, train_steps, control_of and metrics (an evaluate()
+    result); latency: a benchmark() document. Returns the quickstart's metrics.json document: data,
+    embedding, reference (what the models were scored against), samples (clips per model), floor
+    (the noise floor: kad, kad_ci, n), hardware and entries. Controls are not timed (they cost what
+    their student costs); their latency fields are null."""
     timed = {(e["model"], e["case"]): e for e in latency["entries"]}
     entries = []
     for ev in evaluations:
         m = ev["metrics"]
         entry = {"label": f"{m['method']} {ev['case']}", "name": ev["name"], "method": m["method"], "case": ev["case"],
-                 "model": m["model"], "train_steps": ev["train_steps"], "sampler": m["sampler"], "steps": m["steps"],
+                 "model": m["model"], "control_of": ev.get("control_of"), "train_steps": ev["train_steps"],
+                 "sampler": m["sampler"], "steps": m["steps"], "cfg_scale": m.get("cfg_scale"),
                  "n_samples": m["n_samples"], **{k: m.get(k) for k in QUALITY_KEYS}}
         lat = timed.get((m["model"], ev["case"]))
-        if lat is None:
+        if lat is None and not ev.get("control_of"):
             log.warning("latency.json has no case '%s' for %s", ev["case"], m["model"])
         entry.update({k: None if lat is None else lat[k] for k in LATENCY_KEYS})
         entries.append(entry)
     first = evaluations[0]["metrics"] if evaluations else {}
-    return {"data": first.get("data"), "embedding": first.get("embedding"), "hardware": latency.get("hardware"),
-            "entries": entries}
+    return {"data": first.get("data"), "embedding": first.get("embedding"), "reference": first.get("reference"),
+            "samples": first.get("n_samples"),
+            "floor": {"kad": first.get("floor_kad"), "kad_ci": first.get("floor_kad_ci"), "n": first.get("n_floor")},
+            "hardware": latency.get("hardware"), "entries": entries}
 
 
 COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("steps", "steps", "{}"),
-           ("fad", "FAD", "{:.2f}"), ("mmd", "MMD", "{:.1f}"), ("recall", "recall", "{:.2f}"),
+           ("kad", "KAD [95% CI]", "{:.2f}"), ("fad", "FAD", "{:.2f}"), ("recall", "recall", "{:.2f}"),
            ("coverage", "coverage", "{:.2f}"), ("tempo_err_bpm", "tempo err", "{:.1f}"),
            ("sampling_s", "sampling ms", "{:.1f}"), ("total_s", "total ms", "{:.1f}"),
            ("sampling_speedup", "speed-up", "x{:.1f}"), ("total_speedup", "end-to-end", "x{:.1f}")]
 
 
-def table(entries: list[dict]) -> str:
-    """The final table as aligned text: model, training steps, sampling steps, FAD, MMD, recall,
+def table(doc: dict) -> str:
+    """The final table of a metrics.json document as aligned text: model, training steps, sampling
+    steps, KAD with its 95% interval, FAD ("n too small" below the sample-size rule), recall,
     coverage, tempo error (BPM), batch-1 latency (sampling and end to end) and speed-ups over the
-    teacher's default sampler."""
-    rows = [[title for _, title, _ in COLUMNS]] + [[format_cell(k, f, e.get(k)) for k, _, f in COLUMNS] for e in entries]
+    teacher's default sampler; the noise floor last."""
+    floor = floor_entry(doc)
+    rows = [[title for _, title, _ in COLUMNS]] + [entry_cells(e, COLUMNS)
+                                                  for e in doc["entries"] + ([floor] if floor else [])]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -6,6 +6,9 @@ Layout (inside each checkpoint's ``export/`` and wherever ``presto-ray export`` 
     config.yaml          the full run config (model, edm, sampler, codec, text)
     latent_stats.json    per-channel latent mean/std and sigma_data
     <role>.safetensors   weights (EMA weights when the run kept an EMA)
+    sampler.json         optional: the teacher sampler chosen by a search on held-out data
+                         (``presto-ray sweep teacher-sampler``); replaces config.yaml's ``sampler``
+                         settings it names, with the evidence it was chosen on
 
 A folder whose checksums do not match (for example a copy cut short) is refused.
 """
@@ -31,6 +34,7 @@ from presto_ray.data.stats import LatentStats
 log = logging.getLogger("presto_ray.export")
 
 FORMAT_VERSION = 1
+SAMPLER_FILE = "sampler.json"
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -115,12 +119,51 @@ def load_export(folder: Path) -> Exported:
         stats = LatentStats.from_dict(json.loads((folder / "latent_stats.json").read_text()))
     except FileNotFoundError as err:
         raise ExportError(f"{folder}: missing {Path(err.filename).name}") from None
+    cfg = _with_chosen_sampler(folder, cfg)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{folder / 'export.json'}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
     for name, entry in meta["roles"].items():
         if not (folder / entry["file"]).is_file():
             raise ExportError(f"{folder}: role '{name}' file {entry['file']} is missing")
     return Exported(folder=folder, cfg=cfg, stats=stats, step=int(meta["step"]), roles=meta["roles"])
+
+
+def _with_chosen_sampler(folder: Path, cfg: PrestoConfig) -> PrestoConfig:
+    """``cfg`` with the sampler settings of ``folder/sampler.json`` (when there is one)."""
+    from pydantic import ValidationError
+
+    from presto_ray.config import SamplerConfig
+
+    file = folder / SAMPLER_FILE
+    if not file.is_file():
+        return cfg
+    try:
+        chosen = json.loads(file.read_text())["settings"]
+        sampler = SamplerConfig.model_validate({**cfg.sampler.model_dump(), **chosen})
+    except (ValueError, KeyError, TypeError, ValidationError) as err:
+        raise ExportError(f"{file}: not a sampler choice ({{'settings': {{steps, cfg_scale, ...}}}}): {err}") from None
+    return cfg.model_copy(update={"sampler": sampler})
+
+
+def write_sampler_choice(folder: Path, settings: dict, evidence: dict) -> Path:
+    """Store the chosen teacher sampler ``settings`` (SamplerConfig fields, e.g. steps, cfg_scale,
+    s_churn) with the ``evidence`` it was chosen on in the export ``folder`` (atomically);
+    :func:`load_export` applies it from then on. Settings that are not valid sampler fields are
+    refused before anything is written."""
+    from pydantic import ValidationError
+
+    from presto_ray.config import SamplerConfig
+
+    exported = load_export(Path(folder))
+    try:
+        SamplerConfig.model_validate({**exported.cfg.sampler.model_dump(), **settings})
+    except ValidationError as err:
+        raise ValueError(f"not a sampler setting: {settings}: {err}") from None
+    file = exported.folder / SAMPLER_FILE
+    tmp = file.with_suffix(".part.json")
+    tmp.write_text(json.dumps({"settings": settings, "evidence": evidence}, indent=2))
+    tmp.replace(file)
+    return file
 
 
 def copy_export(checkpoint: str, dest: str) -> str:
