@@ -86,6 +86,14 @@ class SamplerConfig(_Section):
     s_tmax: float = 1e9
     s_noise: float = 1.0
 
+    @model_validator(mode="after")
+    def _check(self) -> "SamplerConfig":
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.cfg_scale < 0 or self.s_churn < 0:
+            raise ValueError(f"cfg_scale and s_churn must be >= 0, got {self.cfg_scale} and {self.s_churn}")
+        return self
+
 
 class CodecConfig(_Section):
     """Latent codec. ``mel``: normalised log-mel frames decoded with Griffin-Lim (no weights);

@@ -158,3 +158,41 @@ def test_reference_embeddings_are_cached_per_shard_set(held_out, teacher, tmp_pa
     assert cached[0].stat().st_mtime_ns == stamp and second["floor_kad"] == first["floor_kad"]  # read, not rebuilt
     evaluate(str(teacher), str(held_out), tmp_path / "c", n=4, sampling=one, reference=[str(held_out)] * 2)
     assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npz"))) == 2  # another reference: another entry
+
+
+def test_teacher_sampler_search_stores_its_choice_in_the_export(held_out, lively_teacher, tmp_path):
+    import shutil
+
+    from presto_ray.eval.sampler_search import grid, search_teacher_sampler
+    from presto_ray.train.export import ExportError, load_export
+
+    export = tmp_path / "teacher"
+    shutil.copytree(lively_teacher, export)
+    assert main(["sweep", "teacher-sampler", "--checkpoint", str(export), "--data", str(held_out),
+                 "--out", str(tmp_path / "search"), "--steps", "1", "2", "--cfg-scales", "1", "3", "-n", "6",
+                 "--batch-size", "6"]) == 0
+    doc = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert [t["label"] for t in doc["trials"]] == ["1 steps, CFG 1", "1 steps, CFG 3", "2 steps, CFG 1", "2 steps, CFG 3"]
+    assert [t["network_evals"] for t in doc["trials"]] == [1, 2, 3, 6]  # cheapest first
+    best = min(doc["trials"], key=lambda t: t["kad"])
+    chosen = doc["trials"][doc["chosen"]]
+    assert chosen["kad_ci"][0] <= best["kad_ci"][1]  # within the best one's interval ...
+    assert all(t["network_evals"] >= chosen["network_evals"] for t in doc["trials"]
+               if t["kad_ci"][0] <= best["kad_ci"][1])  # ... and the cheapest such
+    sampler = load_export(export).cfg.sampler
+    assert (sampler.steps, sampler.cfg_scale, sampler.s_churn) == (chosen["steps"], chosen["cfg_scale"], 0.0)
+    stored = json.loads((export / "sampler.json").read_text())
+    assert stored["evidence"]["kad"] == chosen["kad"] and stored["evidence"]["n"] == 6
+    assert load_export(lively_teacher).cfg.sampler.steps == 4  # the original untouched
+
+    (export / "sampler.json").write_text(json.dumps({"settings": {"solver": "rk45", "cfg_scale": 2.0}}))
+    with pytest.raises(ExportError, match="sampler.json"):
+        load_export(export)
+    with pytest.raises(ValueError, match="sampler grid is empty"):
+        grid((), (1.0,))
+
+
+def test_counts_below_one_are_refused_before_any_model_loads(held_out, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", str(held_out), "--steps", "0"])
+    assert err.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
