@@ -25,11 +25,16 @@ from presto_ray.train.export import load_export
 pytest.importorskip("musicnn", reason="the musicnn weights come with `pip install --no-deps musicnn==0.1.0`")
 
 SMALL = Plan(items=32, split_fractions=(0.6, 0.4, 0.0), teacher_steps=12,
-             distill_steps={m: 3 for m in METHODS + BASELINES}, eval_samples=8, teacher_extra_steps=(2,),
-             student_extra_steps=(1,), latency_repeats=1, latency_warmup=0, report_clips=2)
+             distill_steps={m: 3 for m in METHODS + BASELINES}, eval_samples=8, eval_batch=8, teacher_extra_steps=(2,),
+             student_extra_steps=(1,), sampler_steps=(2, 3), sampler_cfg_scales=(1.0, 4.0), sampler_search_samples=6,
+             latency_repeats=1, latency_warmup=0, report_clips=2)
 LABELS = ["teacher default", "teacher 2 steps", "presto-l schedule", "presto-s 4 steps", "presto-s 1 steps",
-          "presto-ls 4 steps + schedule"]
-NAMES = ["teacher", "teacher-2-steps", "presto-l", "presto-s", "presto-s-1-steps", "presto-ls"]
+          "presto-ls 4 steps + schedule", "teacher schedule (undistilled)", "teacher 4 steps ping-pong (undistilled)",
+          "teacher 4 steps ping-pong + CFG (undistilled)", "teacher 4 steps ping-pong + schedule (undistilled)"]
+NAMES = ["teacher", "teacher-2-steps", "presto-l", "presto-s", "presto-s-1-steps", "presto-ls", "control-presto-l",
+         "control-presto-s", "control-presto-s-cfg", "control-presto-ls"]
+CONTROL_OF = {"control-presto-l": "presto-l", "control-presto-s": "presto-s", "control-presto-s-cfg": "presto-s",
+              "control-presto-ls": "presto-ls"}
 
 
 def small_config():
@@ -63,32 +68,51 @@ def _check_audio(folder, names: list[str]) -> None:
 
 
 def _check_entries(out, labels: list[str], names: list[str]) -> list[dict]:
-    """metrics.json: one entry per model and case, every stable key, finite numbers, joined with
-    latency.json; returns the entries."""
-    entries = json.loads((out / "metrics.json").read_text())["entries"]
+    """metrics.json: one entry per model and case, every stable key, finite numbers with intervals
+    around them, joined with latency.json (controls are not timed); returns the entries."""
+    doc = json.loads((out / "metrics.json").read_text())
+    entries = doc["entries"]
     assert [e["label"] for e in entries] == labels and [e["name"] for e in entries] == names
     for e in entries:
         assert tuple(e) == ENTRY_KEYS, e["label"]
-        for key in ENTRY_KEYS:
-            if key not in ("label", "name", "method", "case", "model", "sampler"):
-                assert isinstance(e[key], (int, float)) and math.isfinite(e[key]), (e["label"], key, e[key])
-        assert e["n_samples"] == SMALL.eval_samples and e["fad"] > 0 and 0 <= e["coverage"] <= 1
+        assert e["control_of"] == CONTROL_OF.get(e["name"]), e["label"]
+        timed = ("nfe", "block_fraction", "text_s", "sampling_s", "decode_s", "total_s", "sampling_speedup",
+                 "total_speedup")
+        numbers = ["train_steps", "steps", "n_samples", "kad", "mmd", "precision", "density", "recall", "coverage",
+                   "tempo_err_bpm", "key_acc", "instrument_acc"] + ([] if e["control_of"] else list(timed))
+        for key in numbers:
+            assert isinstance(e[key], (int, float)) and math.isfinite(e[key]), (e["label"], key, e[key])
+        if e["control_of"]:
+            assert all(e[k] is None for k in timed), e["label"]
+        for key in ("kad", "mmd", "precision", "density", "recall", "coverage"):
+            low, high = e[f"{key}_ci"]
+            assert low <= high, (e["label"], key)
+        assert e["n_samples"] == SMALL.eval_samples and e["fad"] is None and e["fad_note"].startswith("n too small")
+        assert 0 <= e["coverage"] <= 1
+    assert doc["samples"] == SMALL.eval_samples and doc["floor"]["n"] == SMALL.eval_samples
+    assert doc["floor"]["kad_ci"][0] <= doc["floor"]["kad"] <= doc["floor"]["kad_ci"][1]
     latency = json.loads((out / "latency.json").read_text())
     assert {e["method"] for e in latency["entries"]} == {e["method"] for e in entries}
-    assert set(labels) <= {f"{e['method']} {e['case']}" for e in latency["entries"]}
+    assert {e["label"] for e in entries if not e["control_of"]} <= {f"{e['method']} {e['case']}" for e in latency["entries"]}
     return entries
 
 
 @pytest.mark.timeout(900)
 def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished, capsys):
     out, first = finished
-    stage_names = (["prepare", "train-teacher"] + [f"distill {m}" for m in METHODS]
+    stage_names = (["prepare", "train-teacher", "teacher-sampler"] + [f"distill {m}" for m in METHODS]
                    + [f"evaluate {n}" for n in NAMES] + ["benchmark", "metrics", "results", "audio", "report"])
     assert list(first["stage_seconds"]) == stage_names and first["skipped"] == []
 
     # data and runs: every model trained to the plan's steps; layer students under the plan's schedule
-    assert first["train_rows"] >= 8 and first["valid_rows"] >= SMALL.eval_samples
+    assert first["train_rows"] >= 8 and first["valid_rows"] >= 8
     assert finished_step(out / "runs" / "teacher-tiny") == 12
+    # the teacher's default sampler was chosen by the search and stored in its export
+    search = json.loads((out / "eval" / "teacher-sampler" / "search.json").read_text())
+    chosen = search["trials"][search["chosen"]]
+    teacher_sampler = load_export(out / "runs" / "teacher-tiny").cfg.sampler
+    assert len(search["trials"]) == 4 and (teacher_sampler.steps, teacher_sampler.cfg_scale) == (chosen["steps"],
+                                                                                               chosen["cfg_scale"])
     for method in METHODS:
         exported = load_export(out / "runs" / method)
         assert exported.step == 3 and exported.cfg.distill.method == method
@@ -98,12 +122,17 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
 
     entries = _check_entries(out, LABELS, NAMES)
     by_label = {e["label"]: e for e in entries}
-    assert by_label["teacher default"]["sampling_speedup"] == 1.0 and by_label["teacher default"]["steps"] == 4
-    assert by_label["teacher 2 steps"]["nfe"] < by_label["teacher default"]["nfe"]
+    assert by_label["teacher default"]["sampling_speedup"] == 1.0
+    assert by_label["teacher default"]["steps"] == chosen["steps"]
+    assert by_label["teacher default"]["cfg_scale"] == chosen["cfg_scale"]
+    for label in LABELS[-3:]:
+        assert by_label[label]["sampler"] == "pingpong" and by_label[label]["steps"] == 4
+    assert by_label["teacher 4 steps ping-pong + CFG (undistilled)"]["cfg_scale"] == 4.0  # distill.w_real
+    assert by_label["teacher 2 steps"]["nfe"] <= by_label["teacher default"]["nfe"]
     assert by_label["presto-s 4 steps"]["nfe"] == 4 and by_label["presto-s 4 steps"]["block_fraction"] == 1.0
     for label in ("presto-l schedule", "presto-ls 4 steps + schedule"):
         assert by_label[label]["block_fraction"] < 1.0, label  # the schedule drops blocks at high noise
-    assert [e["train_steps"] for e in entries] == [12, 12, 3, 3, 3, 3]
+    assert [e["train_steps"] for e in entries] == [12, 12, 3, 3, 3, 3, 12, 12, 12, 12]
     assert by_label["presto-s 1 steps"]["nfe"] == 1 and by_label["presto-s 1 steps"]["steps"] == 1
     latency = json.loads((out / "latency.json").read_text())
     assert latency["entries"][0]["case"] == "default" and latency["hardware"]["cpu_count"] >= 1
@@ -129,10 +158,11 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     # results.md: a row per model with the paper's columns, the targets checked on these entries
     results = (out / "results.md").read_text()
     rows = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith(("| model", "| ---"))]
-    assert [r.split(" | ")[0][2:] for r in rows[:len(LABELS)]] == LABELS
+    assert [r.split(" | ")[0][2:] for r in rows[:len(LABELS) + 1]] == LABELS + ["data vs data (noise floor)"]
     verdicts = check(json.loads((out / "metrics.json").read_text()))
     for v in verdicts:
-        assert f"| {v.target.name} |" in results and v.status in ("met", "missed", "not measured", "vacuous")
+        assert f"| {v.target.name} |" in results
+        assert v.status in ("met", "missed", "not resolved", "not measured", "vacuous")
     assert {v.status for v in verdicts if "dmd2" in v.target.name or "ase" in v.target.name} == {"not measured"}
     assert main(["report", "--metrics", str(out / "metrics.json"), "--out", str(out / "r.html"),
                  "--results-md", str(out / "again.md"), "--title", "presto_ray results (tiny)",
@@ -152,15 +182,17 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     assert [line.split()[-1] for line in stage_lines] == ["skipped"] * len(stage_names)
     table = {cells[0]: cells for cells in (re.split(r"\s{2,}", line.strip()) for line in printed) if cells[0] in LABELS}
     assert sorted(table) == sorted(LABELS)
-    assert table["presto-s 4 steps"][1:3] == ["3", "4"]  # trained steps, sampling steps, then FAD ...
-    assert float(table["presto-s 4 steps"][3]) == pytest.approx(by_label["presto-s 4 steps"]["fad"], abs=0.01)
+    assert table["presto-s 4 steps"][1:3] == ["3", "4"]  # trained steps, sampling steps, then KAD [interval] ...
+    kad_cell = table["presto-s 4 steps"][3]
+    assert float(kad_cell.split()[0]) == pytest.approx(by_label["presto-s 4 steps"]["kad"], abs=0.01)
+    assert kad_cell.endswith("]") and table["presto-s 4 steps"][4] == "n too small"
 
     # an evaluation lost: only it and what is built from it are redone, with the same numbers
     (out / "eval" / "presto-s" / "metrics.json").unlink()
     third = quickstart(small_config(), out, plan=SMALL)
     assert [s for s in stage_names if s not in third["skipped"]] == ["evaluate presto-s", "metrics", "results", "audio",
                                                                      "report"]
-    assert [e["fad"] for e in _check_entries(out, LABELS, NAMES)] == [e["fad"] for e in entries]
+    assert [e["kad"] for e in _check_entries(out, LABELS, NAMES)] == [e["kad"] for e in entries]
 
 
 @pytest.mark.slow  # ~70 s: kept out of the default suite's 20 minutes; CI runs it when time allows
@@ -175,16 +207,16 @@ def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
         exported = load_export(out / "runs" / method)
         assert exported.step == 3 and exported.cfg.distill.method == method
         assert exported.cfg.distill.budget_schedule.budgets == ([6, 3] if method == "ase" else [])
-    labels = LABELS + ["dmd2 4 steps", "ase schedule", "cd 4 steps"]
+    labels = LABELS[:6] + ["dmd2 4 steps", "ase schedule", "cd 4 steps"] + LABELS[6:]
     results = (out / "results.md").read_text()
     assert all(f"| {label} |" in results for label in labels)
     baseline_targets = [v for v in check(json.loads((out / "metrics.json").read_text()))
                         if "dmd2" in v.target.name or " cd " in v.target.name or "ase" in v.target.name]
-    assert len(baseline_targets) == 3 and all(v.met is not None for v in baseline_targets)  # measured now
-    entries = _check_entries(out, labels, NAMES + list(BASELINES))
+    assert len(baseline_targets) == 3 and all(v.status != "not measured" for v in baseline_targets)  # measured now
+    entries = _check_entries(out, labels, NAMES[:6] + list(BASELINES) + NAMES[6:])
     assert {e["label"]: e for e in entries}["ase schedule"]["block_fraction"] < 1.0
     html = (out / "report.html").read_text()
-    for label in labels[-3:]:
+    for label in labels[6:9]:
         assert f"<td>{label}</td>" in html, label
     for name in BASELINES:
         assert f"<h2>Audio: {name}</h2>" in html
@@ -206,6 +238,9 @@ def test_plan_budget_schedule_and_case_labels():
     assert [configs[m].budget_schedule.budgets for m in ("presto-l", "presto-ls", "ase")] == [[6, 3]] * 3
     assert configs["presto-ls"].init == "/runs/presto-l" and configs["presto-s"].budget_schedule.budgets == []
     assert configs["cd"].generator.lr == cfg.distill.generator.lr == 1e-4  # the config's, by default
+    assert [configs[m].ttur for m in ("presto-s", "presto-ls", "dmd2")] == [2, 2, 2]  # 300 generator updates in 600
+    assert configs["cd"].ttur == cfg.distill.ttur == 5
+    assert Plan().steps_for("presto-s") // Plan().ttur["presto-s"] >= 300
     fast = distill_config(cfg, Plan(distill_lr=3e-4), "presto-s", runs, runs / "teacher").distill
     assert fast.generator.lr == fast.guidance.lr == 3e-4 and fast.generator.zero_stage == cfg.distill.generator.zero_stage
     with pytest.raises(ValueError, match="no distill_steps for 'cd'"):

@@ -215,7 +215,7 @@ def results_markdown(doc: dict, *, title: str, command: str, date: str) -> str:
     verdicts = check(doc)
 
     def fmt(x, ci) -> str:
-        return "-" if x is None else f"{x:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+        return "-" if x is None else f"{x:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
 
     for v in verdicts:
         lines.append(f"| {v.target.name} | {fmt(v.value, v.value_ci)} | {fmt(v.reference, v.reference_ci)} | "
