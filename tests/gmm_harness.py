@@ -13,7 +13,6 @@ data samples of size n.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 
@@ -33,9 +32,6 @@ from presto_ray.models.mlp import MLPNet
 WEIGHTS = [0.5, 0.3, 0.2]
 MEANS = [[-2.0 / 3, 0.0], [2.0 / 3, 1.0 / 3], [0.0, -2.5 / 3]]
 STDS = [0.1, 0.1, 0.1]
-# The ring: 8 equal components on a circle of radius 0.7 with stds 0.07 (per-axis std 0.5 = sigma_data;
-# neighbours 0.54 = 7.7 stds apart).
-RING_K, RING_RADIUS, RING_STD = 8, 0.7, 0.07
 SIGMA_DATA = 0.5
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 # RBF bandwidths from below a component's std (0.1) up to the spread of the mixture (~0.7)
@@ -44,18 +40,7 @@ EVAL_N = 2000
 
 
 def mixture() -> GaussianMixtureDenoiser:
-    """The 3-component mixture with weights 0.5 / 0.3 / 0.2."""
     return GaussianMixtureDenoiser(torch.tensor(WEIGHTS), torch.tensor(MEANS), torch.tensor(STDS))
-
-
-def ring() -> GaussianMixtureDenoiser:
-    """8 equal components evenly spaced on a circle of radius 0.7, stds 0.07."""
-    angle = torch.arange(RING_K, dtype=torch.float64) * (2 * math.pi / RING_K)
-    means = RING_RADIUS * torch.stack([angle.cos(), angle.sin()], 1)
-    return GaussianMixtureDenoiser(torch.full((RING_K,), 1.0 / RING_K), means, torch.full((RING_K,), RING_STD))
-
-
-MIXTURES = {"three": mixture, "ring": ring}
 
 
 def mmd(a: Tensor, b: Tensor, bandwidths=BANDWIDTHS) -> float:
@@ -72,13 +57,13 @@ def mmd(a: Tensor, b: Tensor, bandwidths=BANDWIDTHS) -> float:
 def component_fractions(mix: GaussianMixtureDenoiser, x: Tensor) -> list[float]:
     """Share of the samples x [n, d] assigned (argmax responsibility at sigma_min) to each component."""
     resp = mix.responsibilities(x, SIGMA_MIN).argmax(1)
-    return (torch.bincount(resp, minlength=mix.weights.shape[0]).double() / x.shape[0]).tolist()
+    return (torch.bincount(resp, minlength=len(WEIGHTS)).double() / x.shape[0]).tolist()
 
 
-def pingpong_samples(gen, steps: int, n: int = EVAL_N, seed: int = 1, dim: int = 2) -> Tensor:
-    """n ping-pong samples [n, dim] of ``gen`` over karras_sigmas(steps, 0.002, 80, 7)."""
+def pingpong_samples(gen, steps: int, n: int = EVAL_N, seed: int = 1) -> Tensor:
+    """n ping-pong samples [n, d] of ``gen`` over karras_sigmas(steps, 0.002, 80, 7)."""
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, dim, generator=g)
+    noise = torch.randn(n, len(MEANS[0]), generator=g)
     with torch.no_grad():
         return sample_pingpong(gen, noise, karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, RHO), None, generator=g)
 
@@ -86,7 +71,7 @@ def pingpong_samples(gen, steps: int, n: int = EVAL_N, seed: int = 1, dim: int =
 def evaluate(mix: GaussianMixtureDenoiser, gen, steps: int, n: int = EVAL_N, seed: int = 1) -> dict:
     """{"mmd": distance of n ``steps``-step samples to n fresh data samples, "fractions": per
     component, "finite": all samples finite}."""
-    x = pingpong_samples(gen, steps, n, seed, mix.dim)
+    x = pingpong_samples(gen, steps, n, seed)
     ref, _ = mix.sample(n, torch.Generator().manual_seed(seed + 1000))
     finite = bool(torch.isfinite(x).all())
     x = torch.nan_to_num(x, nan=1e3, posinf=1e3, neginf=-1e3)
@@ -114,13 +99,12 @@ def data_vs_data(mix: GaussianMixtureDenoiser, n: int = EVAL_N) -> float:
 
 
 def pretrain_copy(mix: GaussianMixtureDenoiser, width: int = 64, depth: int = 4, steps: int = 800,
-                  batch: int = 512, lr: float = 2e-3, seed: int = 0, target: str = "exact") -> tuple[EDMPrecond, float]:
-    """(EDMPrecond(MLPNet) trained with the EDM-weighted error, sigma ~ LogNormal(-0.5, 1.5), the
-    final weighted error against the exact denoiser): a copy of the teacher. ``target`` "exact"
-    regresses the exact denoiser, "x0" is denoising score matching on data samples."""
+                  batch: int = 512, lr: float = 2e-3, seed: int = 0) -> tuple[EDMPrecond, float]:
+    """(EDMPrecond(MLPNet) regressing the exact denoiser with the EDM-weighted error, sigma ~
+    LogNormal(-0.5, 1.5), the final weighted error): a copy of the teacher."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    net = EDMPrecond(MLPNet(mix.dim, width, depth), SIGMA_DATA)
+    net = EDMPrecond(MLPNet(len(MEANS[0]), width, depth), SIGMA_DATA)
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
     p_sigma = LogNormal(-0.5, 1.5)
@@ -129,12 +113,9 @@ def pretrain_copy(mix: GaussianMixtureDenoiser, width: int = 64, depth: int = 4,
         x0, _ = mix.sample(batch, g)
         sigma = p_sigma.sample(batch, generator=g)
         x = x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
-        y = net(x, sigma, None)
-        w = loss_weight(sigma, SIGMA_DATA)
-        loss = (w * ((y - mix(x, sigma)) ** 2).mean(1)).mean()
-        fit = loss if target == "exact" else (w * ((y - x0) ** 2).mean(1)).mean()
+        loss = (loss_weight(sigma, SIGMA_DATA) * ((net(x, sigma, None) - mix(x, sigma)) ** 2).mean(1)).mean()
         opt.zero_grad()
-        fit.backward()
+        loss.backward()
         opt.step()
         sched.step()
     return net, float(loss.detach())
