@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also distil, evaluate and benchmark the dmd2, ase and cd baselines")
     p.add_argument("--plan", choices=["quickstart", "reference"], default="quickstart",
                    help="stage sizes: quickstart (minutes on a laptop CPU, the default) or reference (the reference "
-                        "experiment of docs/results.md, meant for --config small: about 2 h on a 2-core CPU with "
-                        "--with-baselines, or with train.use_gpu=true on a GPU machine)")
+                        "experiment of docs/results.md, meant for --config small with train.use_gpu=true on a GPU "
+                        "machine: 2000 generator updates per student, 1024 clips per model; days on a CPU)")
 
     p = sub.add_parser("sweep", help="Ray Tune sweeps: layer-drop schedules (inference) or Presto-S loss weights (training)",
                        description="Search spaces live in tuning/*.yaml (see tuning/README.md); rerunning the same "

@@ -101,7 +101,8 @@ def _check_entries(out, labels: list[str], names: list[str]) -> list[dict]:
 def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished, capsys):
     out, first = finished
     stage_names = (["prepare", "train-teacher", "teacher-sampler"] + [f"distill {m}" for m in METHODS]
-                   + [f"evaluate {n}" for n in NAMES] + ["benchmark", "metrics", "results", "audio", "report"])
+                   + [f"evaluate {n}" for n in NAMES] + ["curve presto-s", "benchmark", "metrics", "results", "audio",
+                                                         "report"])
     assert list(first["stage_seconds"]) == stage_names and first["skipped"] == []
 
     # data and runs: every model trained to the plan's steps; layer students under the plan's schedule
@@ -136,6 +137,11 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     assert by_label["presto-s 1 steps"]["nfe"] == 1 and by_label["presto-s 1 steps"]["steps"] == 1
     latency = json.loads((out / "latency.json").read_text())
     assert latency["entries"][0]["case"] == "default" and latency["hardware"]["cpu_count"] >= 1
+    # KAD against generator updates: one point per checkpoint (3 iterations at ttur 2: 2 updates),
+    # the last one the presto-s row itself
+    (point,) = json.loads((out / "metrics.json").read_text())["curves"]["presto-s"]
+    assert (point["step"], point["generator_updates"]) == (3, 2)
+    assert point["kad"] == by_label["presto-s 4 steps"]["kad"] and point["kad_ci"] == by_label["presto-s 4 steps"]["kad_ci"]
 
     # audio: the evaluation clips, the report's copies and the reference; 16 kHz, 4.1 s, not silent
     for name in NAMES:
@@ -154,6 +160,7 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
         assert f"<h2>Audio: {name}</h2>" in html
     assert html.count("<audio controls") == len(folders) * SMALL.report_clips
     assert len(re.findall(r'alt="training curves of ', html)) == 1 + len(METHODS)
+    assert 'alt="KAD against generator updates"' in html
 
     # results.md: a row per model with the paper's columns, the targets checked on these entries
     results = (out / "results.md").read_text()
@@ -202,7 +209,10 @@ def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
     summary = quickstart(small_config(), out, plan=SMALL, with_baselines=True)
     ran = [s for s in summary["stage_seconds"] if s not in summary["skipped"]]
     assert ran == ([f"distill {m}" for m in BASELINES] + [f"evaluate {m}" for m in BASELINES]
-                   + ["benchmark", "metrics", "results", "audio", "report"])
+                   + ["curve dmd2", "curve cd", "benchmark", "metrics", "results", "audio", "report"])
+    curves = json.loads((out / "metrics.json").read_text())["curves"]
+    assert sorted(curves) == ["cd", "dmd2", "presto-s"]
+    assert [p["generator_updates"] for p in curves["dmd2"]] == [2] and [p["generator_updates"] for p in curves["cd"]] == [3]
     for method in BASELINES:
         exported = load_export(out / "runs" / method)
         assert exported.step == 3 and exported.cfg.distill.method == method
@@ -222,6 +232,20 @@ def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
         assert f"<h2>Audio: {name}</h2>" in html
         _check_audio(out / "audio" / name, sorted(p.name for p in (out / "audio" / "reference").glob("*.wav")))
     assert len(re.findall(r'alt="training curves of ', html)) == 1 + len(METHODS) + len(BASELINES)
+
+
+def test_the_plans_are_sized_to_resolve_what_they_compare():
+    from presto_ray.quickstart.plan import REFERENCE
+
+    for plan, cfg, updates in ((Plan(), load_config("tiny"), 300), (REFERENCE, load_config("small"), 2000)):
+        for m in ("presto-s", "presto-ls", "dmd2"):  # a generator update every ttur iterations
+            assert plan.steps_for(m) // plan.ttur.get(m, cfg.distill.ttur) >= updates, (m, plan)
+        clip_s = cfg.model.latent_frames * cfg.codec.hop_length / cfg.codec.sample_rate
+        clips = plan.hours * 3600 / clip_s
+        assert clips >= 2 * plan.eval_samples  # a floor sample and a reference, each >= the generated set
+    assert Plan().eval_samples >= 256 and REFERENCE.eval_samples >= 1024
+    assert all(REFERENCE.steps_for(m) >= 2000 for m in ("presto-l", "ase", "cd"))
+    assert REFERENCE.eval_samples * 2 >= 2 * 200  # two 3-s musicnn vectors per 8.2-s clip: FAD is reported
 
 
 def test_plan_budget_schedule_and_case_labels():

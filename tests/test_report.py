@@ -47,3 +47,25 @@ def test_without_kad_the_plot_is_latency_bars_and_encodes_as_png():
     assert [round(b.get_width(), 1) for b in bars] == [1088.0, 106.0, 27.0, 27.4]
     plt.close(fig)
     assert latency_plot(_entries(), {}).startswith("data:image/png;base64,")
+
+
+def test_kad_against_generator_updates_draws_each_method_and_the_control_band():
+    from presto_ray.eval.updates import generator_updates, updates_figure
+
+    assert [generator_updates("presto-s", 2, s) for s in (1, 2, 3, 600)] == [1, 1, 2, 300]  # iterations 0, 2, 4, ...
+    assert generator_updates("cd", 5, 300) == 300 and generator_updates("dmd2", 5, 10000) == 2000
+    curves = {"presto-s": [{"generator_updates": 50, "kad": 9.0, "kad_ci": [8.0, 10.5]},
+                           {"generator_updates": 300, "kad": 4.0, "kad_ci": [3.5, 4.5]}],
+              "cd": [{"generator_updates": 300, "kad": 6.0, "kad_ci": [5.0, 7.0]}]}
+    fig = updates_figure(curves, {"teacher 4 steps ping-pong (undistilled) (0 updates)": {"kad": 12.0,
+                                                                                          "kad_ci": [11.0, 13.0]}})
+    ax = fig.axes[0]
+    presto_s, cd = ax.containers
+    assert list(presto_s.lines[0].get_xdata()) == [50, 300] and list(presto_s.lines[0].get_ydata()) == [9.0, 4.0]
+    assert [list(seg[:, 1]) for seg in presto_s.lines[2][0].get_segments()] == [[8.0, 10.5], [3.5, 4.5]]
+    assert list(cd.lines[0].get_ydata()) == [6.0]
+    (band,) = ax.patches
+    ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
+    assert (min(ys), max(ys)) == pytest.approx((11.0, 13.0))
+    assert ax.get_xlabel() == "generator updates"
+    plt.close(fig)

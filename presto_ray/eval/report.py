@@ -171,12 +171,13 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         entries += doc.get("entries", [])
         hardware.append(doc.get("hardware", {}))
     metric_rows: dict[str, dict] = {}
-    floor = None
+    floor, curves = None, {}
     for file in map(Path, metrics):
         if not file.is_file():
             raise FileNotFoundError(f"metrics file '{file}' does not exist")
         doc = json.loads(file.read_text())
         floor = floor or doc.get("floor")
+        curves.update(doc.get("curves") or {})
         for row in doc.get("entries", [doc]):
             label = row.get("label") or f"{row.get('method', row.get('model', file.stem))} {row.get('case', '')}".strip()
             metric_rows[label] = row
@@ -194,10 +195,17 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         parts.append(_table(rows, [("label", "model")] + [(k, k) for k in METRIC_KEYS if any(k in r for r in rows)]))
     if entries:
         parts.append(f"<h2>Latency vs quality</h2><img src=\"{latency_plot(entries, metric_rows, floor)}\" alt=\"latency plot\">")
-    curves = [(Path(r), training_curves(Path(r))) for r in runs]
-    if any(c for _, c in curves):
+    if curves:
+        from presto_ray.eval.updates import updates_figure
+
+        controls = {f"{r['label']} (0 updates)": r for r in metric_rows.values()
+                    if r.get("control_of") in curves and r.get("kad") is not None and r.get("cfg_scale") is None}
+        parts.append("<h2>Quality against generator updates</h2>"
+                     f"<img src=\"{_png(updates_figure(curves, controls))}\" alt=\"KAD against generator updates\">")
+    trained = [(Path(r), training_curves(Path(r))) for r in runs]
+    if any(c for _, c in trained):
         parts.append("<h2>Training curves</h2>")
-        parts += [f"<img src=\"{c}\" alt=\"training curves of {html.escape(r.name)}\">" for r, c in curves if c]
+        parts += [f"<img src=\"{c}\" alt=\"training curves of {html.escape(r.name)}\">" for r, c in trained if c]
     for folder in map(Path, audio):
         if not folder.is_dir():
             raise FileNotFoundError(f"audio folder '{folder}' does not exist")

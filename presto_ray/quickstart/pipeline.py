@@ -10,6 +10,7 @@ stopped, and a distill run cut short resumes from its newest checkpoint):
     evaluate <name>      held-out prompts of DIR/data/valid     -> DIR/eval/<name>/{metrics.json,audio/}
                          (each student, its undistilled control: the teacher's weights under the
                          same sampler, steps and schedule, and the teacher at 4 and 8 steps)
+    curve <method>       every checkpoint of presto-s (dmd2, cd) -> DIR/eval/<method>-updates/curve.json
     benchmark            batch-1 latency of every model, one run -> DIR/latency.json
     metrics              one entry per model and case           -> DIR/metrics.json
     results              the table and the paper's targets checked -> DIR/results.md
@@ -31,6 +32,7 @@ from pathlib import Path
 from presto_ray.config import PrestoConfig, config_from_dict, deep_merge
 from presto_ray.eval.evaluate import Sampling
 from presto_ray.eval.targets import CONTROLS, check, results_markdown
+from presto_ray.eval.updates import CURVE_METHODS, curve_is_current, update_curve
 from presto_ray.quickstart.plan import BASELINES, METHODS, Plan
 from presto_ray.quickstart.results import case_label, combine, table
 from presto_ray.quickstart.stages import Stages
@@ -276,6 +278,16 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
         evaluations.append({"name": c.name, "case": c.case, "train_steps": exported[c.run].step,
                             "control_of": c.control_of, "metrics": metrics})
 
+    curves = {}
+    for m in (m for m in CURVE_METHODS if m in methods):
+        folder = evals / f"{m}-updates"
+
+        def curve(m: str = m, folder: Path = folder) -> None:
+            update_curve(runs / m, valid, folder, n=plan.eval_samples, reference=reference, batch_size=plan.eval_batch)
+
+        stages.run(f"curve {m}", curve_is_current(runs / m, folder, plan.eval_samples), curve)
+        curves[m] = json.loads((folder / "curve.json").read_text())["points"]
+
     latency_file = out / "latency.json"
     models = [str(exports[name]) for name in ("teacher", *methods)]
 
@@ -290,7 +302,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     metrics_file = out / "metrics.json"
     stages.run("metrics", metrics_file.is_file() and not stages.ran,
-               lambda: _write_json(metrics_file, combine(evaluations, json.loads(latency_file.read_text()))))
+               lambda: _write_json(metrics_file, combine(evaluations, json.loads(latency_file.read_text()), curves)))
     results_file = out / "results.md"
 
     def results() -> None:

@@ -98,21 +98,25 @@ class Plan:
 
 
 def _reference_distill_steps() -> dict[str, int]:
-    # iterations at `small` (batch 32, one worker with 2 CPUs); measured on a 2-core CPU: a teacher
-    # step 1.0-1.1 s, a presto-s or presto-ls iteration ~2.9 s, dmd2 ~3.5 s, cd ~3.0 s, presto-l and ase ~1.2 s
-    return {"presto-l": 200, "presto-s": 300, "presto-ls": 200, "dmd2": 300, "ase": 200, "cd": 300}
+    # iterations at `small` (batch 32): 2000 generator updates per student (presto-s, presto-ls and
+    # dmd2 at the config's ttur 5; presto-l, ase and cd update the generator every iteration). On a
+    # 2-core CPU a presto-s iteration took ~2.9 s, dmd2 ~3.5 s, cd ~3.0 s, presto-l and ase ~1.2 s:
+    # about 45 h in all, so this plan is for a GPU (train.use_gpu=true)
+    return {"presto-l": 2000, "presto-s": 10000, "presto-ls": 10000, "dmd2": 10000, "ase": 2000, "cd": 2000}
 
 
-REFERENCE = Plan(hours=1.2, split_fractions=(0.8, 0.2, 0.0), teacher_steps=1500,
-                 distill_steps=_reference_distill_steps(), distill_lr=1e-4, eval_samples=96, eval_batch=16,
-                 teacher_extra_steps=(4, 8), student_extra_steps=(1, 2), latency_repeats=5, latency_warmup=1,
+REFERENCE = Plan(hours=4.8, split_fractions=(0.8, 0.2, 0.0), teacher_steps=5000,
+                 distill_steps=_reference_distill_steps(), distill_lr=1e-4, ttur={}, eval_samples=1024,
+                 eval_batch=64, teacher_extra_steps=(4, 8), student_extra_steps=(1, 2),
+                 sampler_steps=(8, 16, 32, 64), sampler_search_samples=256, latency_repeats=5, latency_warmup=1,
                  report_clips=4)
-"""The reference experiment (issue #7, docs/results.md) with ``configs/small.yaml``, sized to finish
-in about 2 h on a 2-core CPU with the baselines (1 h 42 min measured, docs/results.md): 1.2 h of
-music21 audio (~530 clips of 8.2 s, a fifth held out), the teacher for 1500 steps, each student and
-baseline for 200-300 iterations at learning rate 1e-4 (tiny's; small.yaml's 5e-5 suits runs of
-thousands of iterations), 96 held-out prompts per model, Presto-S at 1, 2 and 4 steps. On a GPU
-(``train.use_gpu=true``) scale ``teacher_steps`` and ``distill_steps`` up."""
+"""The reference experiment (issue #18, docs/results.md) with ``configs/small.yaml``: 4.8 h of
+music21 audio (~2100 clips of 8.2 s, a fifth held out; train + valid through the codec give a
+noise-floor sample and a reference of >= 1024 clips each), the teacher for 5000 steps and its
+sampler searched on 256 clips per setting, 2000 generator updates per student and baseline at
+learning rate 1e-4 and the config's ttur (5), 1024 clips per model (2 musicnn vectors each, so
+FAD is reported: 2048 >= 2 x 200), Presto-S at 1, 2 and 4 steps. Sized for one GPU
+(``train.use_gpu=true``); on a 2-core CPU the distillation alone would take about 45 h."""
 
 PLANS = {"quickstart": Plan(), "reference": REFERENCE}
 """The plans ``presto-ray quickstart --plan`` accepts."""

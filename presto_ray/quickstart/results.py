@@ -37,12 +37,13 @@ def case_label(method: str, cfg: PrestoConfig, steps: int | None) -> str:
     return f"{steps or cfg.distill.student_steps} steps" + (" + schedule" if scheduled else "")
 
 
-def combine(evaluations: list[dict], latency: dict) -> dict:
+def combine(evaluations: list[dict], latency: dict, curves: dict[str, list[dict]] | None = None) -> dict:
     """evaluations: dicts with name, case, train_steps, control_of and metrics (an evaluate()
-    result); latency: a benchmark() document. Returns the quickstart's metrics.json document: data,
-    embedding, reference (what the models were scored against), samples (clips per model), floor
-    (the noise floor: kad, kad_ci, n), hardware and entries. Controls are not timed (they cost what
-    their student costs); their latency fields are null."""
+    result); latency: a benchmark() document; curves: method -> points of
+    :func:`presto_ray.eval.updates.update_curve`. Returns the quickstart's metrics.json document:
+    data, embedding, reference (what the models were scored against), samples (clips per model),
+    floor (the noise floor: kad, kad_ci, n), hardware, entries and curves. Controls are not timed
+    (they cost what their student costs); their latency fields are null."""
     timed = {(e["model"], e["case"]): e for e in latency["entries"]}
     entries = []
     for ev in evaluations:
@@ -60,7 +61,7 @@ def combine(evaluations: list[dict], latency: dict) -> dict:
     return {"data": first.get("data"), "embedding": first.get("embedding"), "reference": first.get("reference"),
             "samples": first.get("n_samples"),
             "floor": {"kad": first.get("floor_kad"), "kad_ci": first.get("floor_kad_ci"), "n": first.get("n_floor")},
-            "hardware": latency.get("hardware"), "entries": entries}
+            "hardware": latency.get("hardware"), "entries": entries, "curves": curves or {}}
 
 
 COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("steps", "steps", "{}"),

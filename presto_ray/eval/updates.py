@@ -1,0 +1,112 @@
+"""The primary metric against generator updates: every kept checkpoint of a distill run evaluated
+on the same prompts, seeds and reference, so that saturation (or a student still moving) is
+visible, and few-step methods are compared at equal generator updates (issue #18).
+
+A score-distillation run (presto-s, presto-ls, dmd2) updates its generator on every ``ttur``-th
+iteration (iterations 0, ttur, 2 ttur, ...); the others on every iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from presto_ray.distill.networks import SCORE_METHODS
+from presto_ray.eval.evaluate import evaluate
+from presto_ray.train.export import STEP_DIR, ExportError, load_export
+
+log = logging.getLogger("presto_ray.updates")
+
+CURVE_METHODS = ("presto-s", "dmd2", "cd")
+"""The few-step methods whose curves the quickstart draws (the ones the paper compares)."""
+
+
+def generator_updates(method: str, ttur: int, step: int) -> int:
+    """Generator updates made in the first ``step`` iterations of a ``method`` run."""
+    return math.ceil(step / ttur) if method in SCORE_METHODS else step
+
+
+def checkpoint_exports(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, export folder) of every complete checkpoint of a run, oldest first."""
+    out = []
+    for folder in sorted(p for p in Path(run_dir).iterdir() if STEP_DIR.match(p.name)):
+        try:
+            out.append((load_export(folder / "export").step, folder / "export"))
+        except ExportError:
+            log.warning("%s: incomplete checkpoint, left out of the curve", folder)
+    return out
+
+
+def _point(step: int, export: Path, metrics: dict) -> dict:
+    cfg = load_export(export).cfg
+    return {"step": step, "generator_updates": generator_updates(cfg.distill.method, cfg.distill.ttur, step),
+            **{k: metrics.get(k) for k in ("kad", "kad_ci", "recall", "recall_ci", "coverage", "coverage_ci")}}
+
+
+def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: int, reference: list[str] | None = None,
+                 batch_size: int = 32, seed: int = 0) -> dict:
+    """Evaluate each checkpoint of the distill run at ``run_dir`` (one ``evaluate`` each, into
+    ``out_dir/step_XXXXXXXX/``; an evaluation already there for the same export and ``n`` is
+    reused) and write ``out_dir/curve.json``: method and points (step, generator_updates, kad,
+    kad_ci, recall, coverage and their intervals), oldest first. Returns that document."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    exports = checkpoint_exports(run_dir)
+    if not exports:
+        raise ExportError(f"{run_dir}: no complete checkpoint to evaluate")
+    method = load_export(exports[-1][1]).cfg.distill.method
+    points = []
+    for step, export in exports:
+        folder = out / f"step_{step:08d}"
+        try:
+            done = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            done = {}
+        if done.get("model") != str(export) or done.get("n_samples") != n:
+            done = evaluate(str(export), data_uri, folder, n=n, reference=reference, batch_size=batch_size, seed=seed,
+                            write_audio=False)
+        points.append(_point(step, export, done))
+        log.info("%s step %d (%d generator updates): KAD %.3g", method, step, points[-1]["generator_updates"],
+                 points[-1]["kad"])
+    doc = {"method": method, "run": str(run_dir), "n": n, "points": points}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "curve.part.json"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(out / "curve.json")
+    return doc
+
+
+def curve_is_current(run_dir: str | Path, out_dir: str | Path, n: int) -> bool:
+    """Whether ``out_dir/curve.json`` covers every checkpoint of the run at ``n`` clips."""
+    try:
+        doc = json.loads((Path(out_dir) / "curve.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("n") == n and [p["step"] for p in doc.get("points", [])] == [
+        s for s, _ in checkpoint_exports(Path(run_dir))]
+
+
+def updates_figure(curves: dict[str, list[dict]], controls: dict[str, dict] | None = None):
+    """KAD (with its 95% interval) against generator updates, one line per method; ``controls``
+    (label -> {kad, kad_ci}) drawn as horizontal bands: a curve that stays inside its control's
+    band has learned nothing measurable. A matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, points in curves.items():
+        xs = [p["generator_updates"] for p in points]
+        ys = [p["kad"] for p in points]
+        err = [[p["kad"] - p["kad_ci"][0] for p in points], [p["kad_ci"][1] - p["kad"] for p in points]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", markersize=4, capsize=3, label=method)
+    for i, (label, c) in enumerate((controls or {}).items()):
+        lo, hi = c.get("kad_ci") or (c["kad"], c["kad"])
+        ax.axhspan(lo, hi, color=f"C{len(curves) + i}", alpha=0.15, label=label)
+    ax.set_xlabel("generator updates")
+    ax.set_ylabel("KAD x1000 (lower is better)")
+    ax.set_title("quality against generator updates (95% intervals)")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return fig
