@@ -27,7 +27,7 @@ pytest.importorskip("musicnn", reason="the musicnn weights come with `pip instal
 SMALL = Plan(items=32, split_fractions=(0.6, 0.4, 0.0), teacher_steps=12,
              distill_steps={m: 3 for m in METHODS + BASELINES}, eval_samples=8, eval_batch=8, teacher_extra_steps=(2,),
              student_extra_steps=(1,), sampler_steps=(2, 3), sampler_cfg_scales=(1.0, 4.0), sampler_search_samples=6,
-             latency_repeats=1, latency_warmup=0, report_clips=2)
+             curve_points=2, latency_repeats=1, latency_warmup=0, report_clips=2)
 LABELS = ["teacher default", "teacher 2 steps", "presto-l schedule", "presto-s 4 steps", "presto-s 1 steps",
           "presto-ls 4 steps + schedule", "teacher schedule (undistilled)", "teacher 4 steps ping-pong (undistilled)",
           "teacher 4 steps ping-pong + CFG (undistilled)", "teacher 4 steps ping-pong + schedule (undistilled)"]
@@ -117,6 +117,7 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     for method in METHODS:
         exported = load_export(out / "runs" / method)
         assert exported.step == 3 and exported.cfg.distill.method == method
+        assert sorted(p.name for p in (out / "runs" / method).glob("step_*")) == ["step_00000002", "step_00000003"]
         schedule = exported.cfg.distill.budget_schedule
         assert (schedule.edges, schedule.budgets) == (([], []) if method == "presto-s" else ([1.0], [6, 3]))
     assert load_export(out / "runs" / "presto-ls").cfg.distill.init == str(out / "runs" / "presto-l")
@@ -137,11 +138,12 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     assert by_label["presto-s 1 steps"]["nfe"] == 1 and by_label["presto-s 1 steps"]["steps"] == 1
     latency = json.loads((out / "latency.json").read_text())
     assert latency["entries"][0]["case"] == "default" and latency["hardware"]["cpu_count"] >= 1
-    # KAD against generator updates: one point per checkpoint (3 iterations at ttur 2: 2 updates),
-    # the last one the presto-s row itself
-    (point,) = json.loads((out / "metrics.json").read_text())["curves"]["presto-s"]
-    assert (point["step"], point["generator_updates"]) == (3, 2)
+    # KAD against generator updates: one point per checkpoint (curve_points 2: steps 2 and 3 at ttur 2,
+    # 1 and 2 updates), the last one the presto-s row itself (reused, not evaluated again)
+    first_point, point = json.loads((out / "metrics.json").read_text())["curves"]["presto-s"]
+    assert [(p["step"], p["generator_updates"]) for p in (first_point, point)] == [(2, 1), (3, 2)]
     assert point["kad"] == by_label["presto-s 4 steps"]["kad"] and point["kad_ci"] == by_label["presto-s 4 steps"]["kad_ci"]
+    assert sorted(p.name for p in (out / "eval" / "presto-s-updates").iterdir()) == ["curve.json", "step_00000002"]
 
     # audio: the evaluation clips, the report's copies and the reference; 16 kHz, 4.1 s, not silent
     for name in NAMES:
@@ -212,7 +214,8 @@ def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
                    + ["curve dmd2", "curve cd", "benchmark", "metrics", "results", "audio", "report"])
     curves = json.loads((out / "metrics.json").read_text())["curves"]
     assert sorted(curves) == ["cd", "dmd2", "presto-s"]
-    assert [p["generator_updates"] for p in curves["dmd2"]] == [2] and [p["generator_updates"] for p in curves["cd"]] == [3]
+    assert [p["generator_updates"] for p in curves["dmd2"]] == [1, 2]  # ttur 2 (the plan's), iterations 0 and 2
+    assert [p["generator_updates"] for p in curves["cd"]] == [2, 3]  # one update per iteration
     for method in BASELINES:
         exported = load_export(out / "runs" / method)
         assert exported.step == 3 and exported.cfg.distill.method == method
@@ -264,6 +267,7 @@ def test_plan_budget_schedule_and_case_labels():
     assert configs["cd"].generator.lr == cfg.distill.generator.lr == 1e-4  # the config's, by default
     assert [configs[m].ttur for m in ("presto-s", "presto-ls", "dmd2")] == [2, 2, 2]  # 300 generator updates in 600
     assert configs["cd"].ttur == cfg.distill.ttur == 5
+    assert distill_config(cfg, Plan(), "presto-s", runs, runs / "teacher").train.checkpoint_every == 200  # 3 points
     assert Plan().steps_for("presto-s") // Plan().ttur["presto-s"] >= 300
     fast = distill_config(cfg, Plan(distill_lr=3e-4), "presto-s", runs, runs / "teacher").distill
     assert fast.generator.lr == fast.guidance.lr == 3e-4 and fast.generator.zero_stage == cfg.distill.generator.zero_stage

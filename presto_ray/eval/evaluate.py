@@ -167,19 +167,31 @@ def reference_key(data_uris: list[str], n: int, seed: int, codec: dict, embeddin
 
 
 class ReferenceAudio:
-    """Reference latents decoded by the model's codec ([M, samples] float32), decoded once and only
-    when an embedder's reference features are not cached. ``uris``: the shard sets the rows came from."""
+    """The latents of the shard sets ``uris`` (the first ``n`` rows of them, in order, when given),
+    decoded by the model's codec ([M, samples] float32). Rows are read and decoded only when an
+    embedder's reference features are not cached: the clip count comes from the manifests."""
 
-    def __init__(self, gen: MusicGenerator, rows: list[dict], uris: list[str]):
-        self.gen, self.rows, self.uris, self._audio = gen, rows, [str(u) for u in uris], None
+    def __init__(self, gen: MusicGenerator, uris: list[str], seed: int = 0, n: int | None = None):
+        from presto_ray.data import storage
+
+        self.gen, self.uris, self.seed, self._audio = gen, [str(u) for u in uris], seed, None
+        total = sum(int(json.loads(storage.read_bytes(storage.join(u, "manifest.json")))["num_rows"]) for u in self.uris)
+        self.count = total if n is None else min(n, total)
 
     @property
     def codec(self) -> dict:
         return self.gen.export.cfg.codec.model_dump(mode="json")
 
+    def rows(self) -> list[dict]:
+        rows = [r for uri in self.uris for r in held_out_rows(uri, None, self.seed)][:self.count]
+        if len(rows) != self.count:
+            raise ValueError(f"the reference shard sets {self.uris} hold {len(rows)} rows, their manifests say "
+                             f"{self.count}")
+        return rows
+
     def audio(self) -> np.ndarray:
         if self._audio is None:
-            latents = torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in self.rows]))
+            latents = torch.from_numpy(np.stack([np.asarray(r["latent"], np.float32) for r in self.rows()]))
             self._audio = self.gen.codec.decode(latents).cpu().numpy().astype(np.float32)
         return self._audio
 
@@ -196,7 +208,7 @@ def embed_clips(embedder, clips, sample_rate: int) -> tuple[np.ndarray, np.ndarr
 def reference_features(embedder, reference: ReferenceAudio, seed: int) -> tuple[np.ndarray, np.ndarray, Path]:
     """Frame embeddings [frames, D] of the reference audio by ``embedder`` and the clip of each frame
     [frames], read from or written to the cache (atomically); returns them with the cache file."""
-    key = reference_key(reference.uris, len(reference.rows), seed, reference.codec, embedder.name)
+    key = reference_key(reference.uris, reference.count, seed, reference.codec, embedder.name)
     cached = cache_dir() / f"reference-{key}.npz"
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as z:
@@ -241,12 +253,16 @@ def distribution_metrics(gen_feats: np.ndarray, gen_groups: np.ndarray, ref_feat
 
 
 def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32, sampling: Sampling = Sampling(),
-             reference: list[str] | None = None, batch_size: int = 8, seed: int = 0, mmd_bandwidth: float = 10.0,
+             reference: list[str] | None = None, batch_size: int = 8, seed: int = 0, noise_seed: int | None = None,
+             mmd_bandwidth: float = 10.0,
              mmd_scale: float = 1000.0, k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0,
              clap=None, write_audio: bool = True) -> dict:
     """Evaluate the model at ``checkpoint`` on ``n`` clips for the prompts of ``data_uri`` (see
     the module docstring), sampled as ``sampling`` says, against the decoded latents of the shard
-    sets ``reference`` (default: ``data_uri`` itself); writes ``out_dir/metrics.json`` and
+    sets ``reference`` (default: ``data_uri`` itself); ``seed`` orders the rows, splits the
+    reference and seeds the bootstrap, ``noise_seed`` (default ``seed``) is the first clip's noise
+    seed (another one gives new noise for the same prompts and reference); writes
+    ``out_dir/metrics.json`` and
     ``out_dir/audio/*.wav`` (``write_audio``); returns the metrics. ``num_workers`` > 0 generates
     on that many Ray actors (see :func:`generate_distributed`). ``clap``: the folder of a CLAP
     model (or a loaded :class:`~presto_ray.eval.clap.ClapEmbedder`) adds kad_clap, fad_clap,
@@ -258,9 +274,8 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     out = Path(out_dir)
     reference_uris = [str(u) for u in (reference or [data_uri])]
     rows = held_out_rows(data_uri, n, seed)
-    ref_rows = [r for uri in reference_uris for r in held_out_rows(uri, None, seed)]
     gen = MusicGenerator(checkpoint, role=sampling.role)
-    prompts = prompts_for(rows, n, seed)
+    prompts = prompts_for(rows, n, seed if noise_seed is None else noise_seed)
     if num_workers > 0:
         generated = generate_distributed(str(checkpoint), prompts, num_workers=num_workers, batch_size=batch_size,
                                          sampling=sampling, gpus_per_worker=gpus_per_worker)
@@ -274,12 +289,13 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
 
     embedder = load_embedder("musicnn")
     gen_feats, gen_groups, gen_out = embed_clips(embedder, generated, gen.sample_rate)
-    ref_audio = ReferenceAudio(gen, ref_rows, reference_uris)
+    ref_audio = ReferenceAudio(gen, reference_uris, seed)
+    m = ref_audio.count
     ref_all, ref_all_groups, cached = reference_features(embedder, ref_audio, seed)
-    if len(ref_rows) < 2 * n:
+    if m < 2 * n:
         log.warning("evaluate: %d reference clips for %d generated: the reference (%d clips) is smaller than the "
-                    "generated set; give more --reference data", len(ref_rows), n, len(ref_rows) - min(n, len(ref_rows) // 2))
-    floor_clips, ref_clips = floor_split(len(ref_rows), n, seed)
+                    "generated set; give more --reference data", m, n, m - min(n, m // 2))
+    floor_clips, ref_clips = floor_split(m, n, seed)
     ref_feats, ref_groups = _select(ref_all, ref_all_groups, ref_clips)
     floor_feats, floor_groups = _select(ref_all, ref_all_groups, floor_clips)
     dist = dict(mmd_bandwidth=mmd_bandwidth, mmd_scale=mmd_scale, k=k, seed=seed)
@@ -306,11 +322,12 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     what = "+".join(Path(u.rstrip("/")).name or u for u in reference_uris)
     metrics.update({"n_samples": len(generated), "n_prompts": len(rows), "n_frames": int(len(gen_feats)),
                     "n_reference": int(len(ref_clips)), "n_floor": int(len(floor_clips)),
-                    "reference": f"{what}: {len(ref_rows)} clips through the codec, {len(floor_clips)} for the noise "
+                    "reference": f"{what}: {m} clips through the codec, {len(floor_clips)} for the noise "
                                  f"floor, {len(ref_clips)} the reference",
                     "model": str(checkpoint),
                     "method": gen.export.cfg.distill.method if gen.role == "generator" else "teacher",
                     **sampling.resolved(gen.export), "data": str(data_uri), "reference_uris": reference_uris,
+                    "seed": seed, "noise_seed": seed if noise_seed is None else noise_seed,
                     "embedding": embedder.name, "reference_cache": str(cached)})
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "metrics.part.json"

@@ -65,7 +65,10 @@ def search_teacher_sampler(checkpoint: str, data_uri: str, out_dir: str | Path, 
                            n: int = 64, reference: list[str] | None = None, batch_size: int = 16, seed: int = 0,
                            store: bool = True) -> dict:
     """Evaluate the teacher at ``checkpoint`` under each setting on ``n`` clips for the prompts of
-    ``data_uri`` (reference: ``reference`` or ``data_uri``), choose (see :func:`choose`), write
+    ``data_uri`` (reference: ``reference`` or ``data_uri``; the same reference split as
+    :func:`~presto_ray.eval.evaluate.evaluate` at its default seed, with noise seeds from ``seed`` on, so
+    an evaluation at seed 0 does not score the chosen setting on the noise it was chosen on), choose
+    (see :func:`choose`), write
     ``out_dir/search.json`` and, with ``store``, the choice into the teacher's export. Returns the
     search document: trials (setting, network_evals, kad, kad_ci, ...), chosen (index), export."""
     out = Path(out_dir)
@@ -76,7 +79,7 @@ def search_teacher_sampler(checkpoint: str, data_uri: str, out_dir: str | Path, 
         m = evaluate(str(export), data_uri, out / f"{s.steps}-steps-cfg-{s.cfg_scale:g}-churn-{s.s_churn:g}", n=n,
                      sampling=Sampling(role="teacher", sampler="teacher", steps=s.steps, cfg_scale=s.cfg_scale,
                                        s_churn=s.s_churn),
-                     reference=reference, batch_size=batch_size, seed=seed, write_audio=False)
+                     reference=reference, batch_size=batch_size, noise_seed=seed, write_audio=False)
         trials.append({**asdict(s), "label": s.label, "network_evals": s.network_evals,
                        **{k: m.get(k) for k in ("kad", "kad_ci", "mmd", "recall", "coverage", "floor_kad",
                                                 "floor_kad_ci", "n_samples", "n_reference")}})

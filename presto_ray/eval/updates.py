@@ -45,12 +45,20 @@ def _point(step: int, export: Path, metrics: dict) -> dict:
             **{k: metrics.get(k) for k in ("kad", "kad_ci", "recall", "recall_ci", "coverage", "coverage_ci")}}
 
 
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: int, reference: list[str] | None = None,
-                 batch_size: int = 32, seed: int = 0) -> dict:
+                 batch_size: int = 32, seed: int = 0, known: list[Path] = ()) -> dict:
     """Evaluate each checkpoint of the distill run at ``run_dir`` (one ``evaluate`` each, into
-    ``out_dir/step_XXXXXXXX/``; an evaluation already there for the same export and ``n`` is
-    reused) and write ``out_dir/curve.json``: method and points (step, generator_updates, kad,
-    kad_ci, recall, coverage and their intervals), oldest first. Returns that document."""
+    ``out_dir/step_XXXXXXXX/``; an evaluation already there, or among the metrics.json files
+    ``known`` (e.g. the run's own row), for the same export and ``n`` is reused) and write
+    ``out_dir/curve.json``: method and points (step, generator_updates, kad, kad_ci, recall,
+    coverage and their intervals), oldest first. Returns that document."""
     run_dir, out = Path(run_dir), Path(out_dir)
     exports = checkpoint_exports(run_dir)
     if not exports:
@@ -59,11 +67,10 @@ def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: 
     points = []
     for step, export in exports:
         folder = out / f"step_{step:08d}"
-        try:
-            done = json.loads((folder / "metrics.json").read_text())
-        except (OSError, ValueError):
-            done = {}
-        if done.get("model") != str(export) or done.get("n_samples") != n:
+        candidates = [_read(folder / "metrics.json")] + [_read(p) for p in known]
+        done = next((c for c in candidates if c.get("model") == str(export) and c.get("n_samples") == n
+                     and c.get("seed", seed) == seed), {})
+        if not done:
             done = evaluate(str(export), data_uri, folder, n=n, reference=reference, batch_size=batch_size, seed=seed,
                             write_audio=False)
         points.append(_point(step, export, done))

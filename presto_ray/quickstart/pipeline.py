@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teach
     its training budgets from the schedule's lowest budget up to full depth (``distill.min_budget``):
     the budgets the evaluation samples with, as ase trains on exactly them. ``plan.distill_lr``, when
     set, is the learning rate of both trained roles; ``plan.ttur``, when it names the method, its
-    guidance updates per generator update."""
+    guidance updates per generator update. Each run keeps ``plan.curve_points`` checkpoints, the
+    points of its KAD-against-updates curve."""
     distill: dict = {"method": method, "teacher": str(teacher_run), "init": None}
     if method == "presto-ls":
         distill["init"] = str(runs / "presto-l")
@@ -95,7 +97,9 @@ def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teach
         distill["guidance"] = {"lr": plan.distill_lr}
     if method in plan.ttur:
         distill["ttur"] = plan.ttur[method]
-    return _with(cfg, {"run": {"name": method}, "train": {"steps": plan.steps_for(method)}, "distill": distill})
+    steps = plan.steps_for(method)
+    train = {"steps": steps, "checkpoint_every": max(1, math.ceil(steps / plan.curve_points))}
+    return _with(cfg, {"run": {"name": method}, "train": train, "distill": distill})
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,8 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
         folder = evals / f"{m}-updates"
 
         def curve(m: str = m, folder: Path = folder) -> None:
-            update_curve(runs / m, valid, folder, n=plan.eval_samples, reference=reference, batch_size=plan.eval_batch)
+            update_curve(runs / m, valid, folder, n=plan.eval_samples, reference=reference, batch_size=plan.eval_batch,
+                         known=[evals / m / "metrics.json"])
 
         stages.run(f"curve {m}", curve_is_current(runs / m, folder, plan.eval_samples), curve)
         curves[m] = json.loads((folder / "curve.json").read_text())["points"]

@@ -66,6 +66,9 @@ class Plan:
     budget_fractions: tuple[float, ...] = (1.0, 0.5)
     """The sigma -> budget schedule of presto-l, presto-ls and ase: the share of blocks run below,
     between and above ``budget_edges`` (here: all blocks below sigma 1, half above)."""
+    curve_points: int = 3
+    """distill: checkpoints of each run (every steps / curve_points iterations), each a point of the
+    KAD-against-generator-updates curve of presto-s, dmd2 and cd (the last one is the run's row)."""
     eval_samples: int = 256
     """evaluate: clips per model (held-out prompts repeated with new seeds; each costs one
     generation and one musicnn pass)."""
@@ -108,8 +111,8 @@ def _reference_distill_steps() -> dict[str, int]:
 REFERENCE = Plan(hours=4.8, split_fractions=(0.8, 0.2, 0.0), teacher_steps=5000,
                  distill_steps=_reference_distill_steps(), distill_lr=1e-4, ttur={}, eval_samples=1024,
                  eval_batch=64, teacher_extra_steps=(4, 8), student_extra_steps=(1, 2),
-                 sampler_steps=(8, 16, 32, 64), sampler_search_samples=256, latency_repeats=5, latency_warmup=1,
-                 report_clips=4)
+                 sampler_steps=(8, 16, 32, 64), sampler_search_samples=256, curve_points=5, latency_repeats=5,
+                 latency_warmup=1, report_clips=4)
 """The reference experiment (issue #18, docs/results.md) with ``configs/small.yaml``: 4.8 h of
 music21 audio (~2100 clips of 8.2 s, a fifth held out; train + valid through the codec give a
 noise-floor sample and a reference of >= 1024 clips each), the teacher for 5000 steps and its

@@ -464,8 +464,8 @@ def layer_drop_sweep(checkpoint: str, data: str, space: LayerDropSpace, out: str
     rows = held_out_rows(data, space.prompts, space.seed)
     prompts = [Prompt(str(r["caption"]), float(r["bpm"]) if math.isfinite(float(r["bpm"])) else None, None,
                       space.seed + i) for i, r in enumerate(rows)]
-    reference, _, cache_file = reference_features(load_embedder("musicnn"), ReferenceAudio(gen, rows, [data]),
-                                                  space.seed)
+    reference, _, cache_file = reference_features(load_embedder("musicnn"),
+                                                  ReferenceAudio(gen, [data], space.seed, n=space.prompts), space.seed)
     log.info("layer-drop sweep: %d schedules on %d prompts (reference embeddings: %s)", len(candidates),
              len(prompts), cache_file)
 
