@@ -78,16 +78,10 @@ def test_evaluate_writes_metrics_with_intervals_the_floor_and_audio(held_out, te
 def lively_teacher(tmp_path_factory):
     """A teacher whose zero-initialised output layers are perturbed, so that its output depends on
     the condition and on every block (CFG and a budget schedule change what it samples)."""
-    cfg = load_config("tiny", ["sampler.steps=4"])
-    torch.manual_seed(1)
-    net = EDMPrecond(DiT1D(cfg.model), 0.5)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    folder = tmp_path_factory.mktemp("lively") / "export"
-    write_export(folder, {"teacher": net.state_dict()}, cfg,
-                 LatentStats(mean=torch.zeros(32), std=torch.ones(32), sigma_data=0.5), 1)
-    return folder
+    from lively import lively_export
+
+    return lively_export(tmp_path_factory.mktemp("lively") / "export", load_config("tiny", ["sampler.steps=4"]),
+                         "teacher", seed=1, step=1)
 
 
 def test_the_teacher_weights_under_a_student_sampler_are_its_undistilled_control(held_out, lively_teacher, tmp_path):
@@ -163,7 +157,7 @@ def test_reference_embeddings_are_cached_per_shard_set(held_out, teacher, tmp_pa
 def test_teacher_sampler_search_stores_its_choice_in_the_export(held_out, lively_teacher, tmp_path):
     import shutil
 
-    from presto_ray.eval.sampler_search import grid, search_teacher_sampler
+    from presto_ray.eval.sampler_search import grid
     from presto_ray.train.export import ExportError, load_export
 
     export = tmp_path / "teacher"

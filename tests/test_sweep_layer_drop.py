@@ -150,16 +150,10 @@ def presto_l_export(tmp_path_factory):
     """An untrained budget-conditioned Presto-L generator (tiny DiT, 6 blocks, 4 Heun steps by
     default). Its zero-initialised output and modulation layers get small random weights, so that
     the blocks run (and hence the schedule) change what it generates."""
+    from lively import lively_export
+
     cfg = load_config("tiny", ["sampler.steps=4", "distill.method=presto-l", "model.budget_embedding=true"])
-    torch.manual_seed(0)
-    net = EDMPrecond(DiT1D(cfg.model), 0.5)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    folder = tmp_path_factory.mktemp("presto-l") / "export"
-    write_export(folder, {"generator": net.state_dict()}, cfg,
-                 LatentStats(mean=torch.zeros(32), std=torch.ones(32), sigma_data=0.5), 7)
-    return folder
+    return lively_export(tmp_path_factory.mktemp("presto-l") / "export", cfg, "generator", seed=0, step=7)
 
 
 @pytest.fixture(scope="module")

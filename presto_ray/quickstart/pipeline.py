@@ -122,7 +122,6 @@ def eval_cases(cfg: PrestoConfig, plan: Plan, methods: tuple[str, ...], exported
     of each Presto student (:data:`~presto_ray.eval.targets.CONTROLS`). ``exported``: loaded
     exports by run name (teacher and each method)."""
     from presto_ray.distill.networks import budget_schedule
-    from presto_ray.quickstart.results import case_label
 
     cases = [EvalCase("teacher", "teacher", "default", Sampling(role="teacher"))]
     cases += [EvalCase(f"teacher-{n}-steps", "teacher", f"{n} steps", Sampling(role="teacher", steps=n))
