@@ -241,7 +241,7 @@ def test_the_plans_are_sized_to_resolve_what_they_compare():
     from presto_ray.quickstart.plan import REFERENCE
 
     for plan, cfg, updates in ((Plan(), load_config("tiny"), 300), (REFERENCE, load_config("small"), 2000)):
-        for m in ("presto-s", "presto-ls", "dmd2"):  # a generator update every ttur iterations
+        for m in ("presto-s", "dmd2"):  # a generator update every ttur iterations
             assert plan.steps_for(m) // plan.ttur.get(m, cfg.distill.ttur) >= updates, (m, plan)
         clip_s = cfg.model.latent_frames * cfg.codec.hop_length / cfg.codec.sample_rate
         clips = plan.hours * 3600 / clip_s
@@ -265,7 +265,7 @@ def test_plan_budget_schedule_and_case_labels():
     assert [configs[m].budget_schedule.budgets for m in ("presto-l", "presto-ls", "ase")] == [[6, 3]] * 3
     assert configs["presto-ls"].init == "/runs/presto-l" and configs["presto-s"].budget_schedule.budgets == []
     assert configs["cd"].generator.lr == cfg.distill.generator.lr == 1e-4  # the config's, by default
-    assert [configs[m].ttur for m in ("presto-s", "presto-ls", "dmd2")] == [2, 2, 2]  # 300 generator updates in 600
+    assert [configs[m].ttur for m in ("presto-s", "presto-ls", "dmd2")] == [2, 2, 2]  # presto-s: 300 updates in 600
     assert configs["cd"].ttur == cfg.distill.ttur == 5
     assert distill_config(cfg, Plan(), "presto-s", runs, runs / "teacher").train.checkpoint_every == 200  # 3 points
     assert Plan().steps_for("presto-s") // Plan().ttur["presto-s"] >= 300

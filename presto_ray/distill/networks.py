@@ -57,14 +57,16 @@ def student_model_config(teacher_model: DiTConfig, cfg: PrestoConfig, init_model
 
 
 def resolve_config(cfg: PrestoConfig, teacher_cfg: PrestoConfig, init_cfg: PrestoConfig | None = None) -> PrestoConfig:
-    """``cfg`` with model, edm, codec and text taken from the teacher's run (the student must see
-    the teacher's latents and text features), and the student's model config in ``model``."""
+    """``cfg`` with edm, codec, text and sampler taken from the teacher's run (the student must see
+    the teacher's latents and text features; a layer-dropping student samples as its teacher does,
+    at the teacher's chosen sampler when its export holds one), and the student's model config in
+    ``model``."""
     model = student_model_config(teacher_cfg.model, cfg, init_cfg.model if init_cfg is not None else None)
-    for section in ("model", "edm", "codec", "text"):
-        if getattr(cfg, section) != getattr(teacher_cfg, section) and section != "model":
+    for section in ("edm", "codec", "text", "sampler"):
+        if getattr(cfg, section) != getattr(teacher_cfg, section):
             log.info("distill: using the teacher's %s settings", section)
     return cfg.model_copy(update={"model": model, "edm": teacher_cfg.edm, "codec": teacher_cfg.codec,
-                                  "text": teacher_cfg.text})
+                                  "text": teacher_cfg.text, "sampler": teacher_cfg.sampler})
 
 
 def _precond(model_cfg: DiTConfig, cfg: PrestoConfig, state: dict[str, torch.Tensor] | None,

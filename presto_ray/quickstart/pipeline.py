@@ -138,10 +138,14 @@ def eval_cases(cfg: PrestoConfig, plan: Plan, methods: tuple[str, ...], exported
         mcfg = exported[m].cfg
         steps, schedule = mcfg.distill.student_steps, budget_schedule(mcfg)
         as_json = None if schedule.is_full else schedule.to_json()
+        if m == "presto-l":  # the student's own Heun sampler (steps, CFG, churn) under its schedule
+            own = mcfg.sampler
+            first = Sampling(role="teacher", sampler="teacher", steps=own.steps, cfg_scale=own.cfg_scale,
+                             s_churn=own.s_churn, schedule=as_json)
+        else:
+            first = Sampling(role="teacher", sampler="pingpong", steps=steps, schedule=as_json)
         for suffix, case, sampling in (
-            ("", CONTROLS[m][0].format(n=steps),
-             Sampling(role="teacher", sampler="teacher" if m == "presto-l" else "pingpong",
-                      steps=None if m == "presto-l" else steps, schedule=as_json)),
+            ("", CONTROLS[m][0].format(n=steps), first),
             ("-cfg", (CONTROLS[m][1] or "").format(n=steps),
              Sampling(role="teacher", sampler="pingpong", steps=steps, cfg_scale=mcfg.distill.w_real, schedule=as_json)),
         ):
