@@ -135,10 +135,13 @@ def test_evaluate_adds_fad_clap_and_clap_score(clap_dir, tmp_path, monkeypatch, 
     assert main(["evaluate", "--checkpoint", str(tmp_path / "teacher"), "--data", str(tmp_path / "valid"),
                  "--out", str(out), "-n", "6", "--steps", "1", "--clap", str(clap_dir)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("fad", "mmd", "fad_clap", "mmd_clap", "clap_score"):
+    for key in ("kad", "mmd", "kad_clap", "mmd_clap", "clap_score"):
         assert math.isfinite(metrics[key]), key
-    assert -1.0 <= metrics["clap_score"] <= 1.0 and metrics["fad_clap"] > 0
+    low, high = metrics["kad_clap_ci"]
+    assert low <= high and -1.0 <= metrics["clap_score"] <= 1.0
+    # one 16-d CLAP vector per clip: 6 (generated) and 3 (reference) are below FAD's 2 x 16
+    assert metrics["fad_clap"] is None and metrics["fad_clap_note"].startswith("n too small")
     assert metrics["clap_embedding"].startswith("clap small_clap (16-d")
     assert metrics["embedding"].startswith("musicnn")
     # each embedder caches its own reference features for the shard set
-    assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npy"))) == 2
+    assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npz"))) == 2

@@ -311,8 +311,9 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
         clap_ref, clap_ref_groups = _select(clap_all, clap_all_groups, ref_clips)
         clap_metrics = distribution_metrics(clap_gen, clap_gen_groups, clap_ref, clap_ref_groups, prdc_too=False,
                                             **dist)
-        metrics.update({f"{name}_clap" if not name.endswith("_ci") else f"{name[:-3]}_clap_ci": v
-                        for name, v in clap_metrics.items() if name != "fad_note"})
+        for name, v in clap_metrics.items():  # kad -> kad_clap, kad_ci -> kad_clap_ci, fad_note -> fad_clap_note
+            base, _, tail = name.partition("_") if name.endswith(("_ci", "_note")) else (name, "", "")
+            metrics[f"{base}_clap" + (f"_{tail}" if tail else "")] = v
         clips = torch.stack([torch.nn.functional.normalize(torch.as_tensor(o["features"]).mean(0), dim=0)
                              for o in clap_out])
         metrics["clap_score"] = clap_score(clips, clap_embedder.embed_text([p.text for p in prompts]))
