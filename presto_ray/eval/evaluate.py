@@ -254,19 +254,17 @@ def distribution_metrics(gen_feats: np.ndarray, gen_groups: np.ndarray, ref_feat
 
 def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32, sampling: Sampling = Sampling(),
              reference: list[str] | None = None, batch_size: int = 8, seed: int = 0, noise_seed: int | None = None,
-             mmd_bandwidth: float = 10.0,
-             mmd_scale: float = 1000.0, k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0,
+             mmd_bandwidth: float = 10.0, mmd_scale: float = 1000.0, k: int = 5, num_workers: int = 0, gpus_per_worker: float = 0.0,
              clap=None, write_audio: bool = True) -> dict:
     """Evaluate the model at ``checkpoint`` on ``n`` clips for the prompts of ``data_uri`` (see
     the module docstring), sampled as ``sampling`` says, against the decoded latents of the shard
-    sets ``reference`` (default: ``data_uri`` itself); ``seed`` orders the rows, splits the
-    reference and seeds the bootstrap, ``noise_seed`` (default ``seed``) is the first clip's noise
-    seed (another one gives new noise for the same prompts and reference); writes
-    ``out_dir/metrics.json`` and
-    ``out_dir/audio/*.wav`` (``write_audio``); returns the metrics. ``num_workers`` > 0 generates
-    on that many Ray actors (see :func:`generate_distributed`). ``clap``: the folder of a CLAP
-    model (or a loaded :class:`~presto_ray.eval.clap.ClapEmbedder`) adds kad_clap, fad_clap,
-    mmd_clap and clap_score."""
+    sets ``reference`` (default: ``data_uri`` itself). ``seed`` orders the rows, splits the
+    reference and seeds the bootstrap; ``noise_seed`` (default ``seed``) is the first clip's noise
+    seed (another one gives new noise for the same prompts and reference). Writes
+    ``out_dir/metrics.json`` and ``out_dir/audio/*.wav`` (``write_audio``); returns the metrics.
+    ``num_workers`` > 0 generates on that many Ray actors (see :func:`generate_distributed`).
+    ``clap``: the folder of a CLAP model (or a loaded :class:`~presto_ray.eval.clap.ClapEmbedder`)
+    adds kad_clap, fad_clap, mmd_clap (with intervals) and clap_score."""
     from presto_ray.eval.embeddings import load_embedder
 
     if n < 1:
@@ -300,8 +298,9 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     floor_feats, floor_groups = _select(ref_all, ref_all_groups, floor_clips)
     dist = dict(mmd_bandwidth=mmd_bandwidth, mmd_scale=mmd_scale, k=k, seed=seed)
     metrics = distribution_metrics(gen_feats, gen_groups, ref_feats, ref_groups, **dist)
-    floor = distribution_metrics(floor_feats, floor_groups, ref_feats, ref_groups, prdc_too=False, **dist)
-    metrics.update(floor_kad=floor["kad"], floor_kad_ci=floor["kad_ci"])
+    pair = {"gen_groups": floor_groups, "ref_groups": ref_groups}
+    metrics.update(floor_kad=kad(floor_feats, ref_feats, **pair),
+                   floor_kad_ci=list(kad_ci(floor_feats, ref_feats, **pair, n_boot=BOOTSTRAP, seed=seed)))
     if clap is not None:
         from presto_ray.eval.clap import ClapEmbedder, clap_score
 

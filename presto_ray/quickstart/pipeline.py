@@ -116,7 +116,7 @@ class EvalCase:
     control_of: str | None = None
 
 
-def eval_cases(cfg: PrestoConfig, plan: Plan, methods: tuple[str, ...], exported: dict) -> list[EvalCase]:
+def eval_cases(plan: Plan, methods: tuple[str, ...], exported: dict) -> list[EvalCase]:
     """The evaluations of a quickstart: the teacher at its (chosen) default and at the plan's extra
     steps, each method's student, presto-s at the plan's extra steps, and the undistilled control
     of each Presto student (:data:`~presto_ray.eval.targets.CONTROLS`). ``exported``: loaded
@@ -144,13 +144,12 @@ def eval_cases(cfg: PrestoConfig, plan: Plan, methods: tuple[str, ...], exported
                              s_churn=own.s_churn, schedule=as_json)
         else:
             first = Sampling(role="teacher", sampler="pingpong", steps=steps, schedule=as_json)
-        for suffix, case, sampling in (
-            ("", CONTROLS[m][0].format(n=steps), first),
-            ("-cfg", (CONTROLS[m][1] or "").format(n=steps),
-             Sampling(role="teacher", sampler="pingpong", steps=steps, cfg_scale=mcfg.distill.w_real, schedule=as_json)),
-        ):
-            if case:
-                cases.append(EvalCase(f"control-{m}{suffix}", "teacher", case, sampling, control_of=m))
+        controls = [("", CONTROLS[m][0], first)]
+        if CONTROLS[m][1]:  # also with the CFG scale the student was distilled with
+            controls.append(("-cfg", CONTROLS[m][1], Sampling(role="teacher", sampler="pingpong", steps=steps,
+                                                              cfg_scale=mcfg.distill.w_real, schedule=as_json)))
+        cases += [EvalCase(f"control-{m}{suffix}", "teacher", label.format(n=steps), sampling, control_of=m)
+                  for suffix, label, sampling in controls]
     return cases
 
 
@@ -266,7 +265,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
     exports = {"teacher": find_export(teacher_run), **{m: find_export(runs / m) for m in methods}}
     exported = {name: load_export(path) for name, path in exports.items()}
     valid_rows = json.loads((data / "valid" / "manifest.json").read_text())["num_rows"]
-    cases = eval_cases(cfg, plan, methods, exported)
+    cases = eval_cases(plan, methods, exported)
     evaluations = []
     for c in cases:
         export, folder = exports[c.run], evals / c.name
