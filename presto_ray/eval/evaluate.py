@@ -24,6 +24,7 @@ and clap_embedding.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from presto_ray.eval.adherence import adherence_metrics
+from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.eval.metrics import bootstrap_ci, fad, fad_checked, floor_split, kad, kad_ci, prdc_ci
 from presto_ray.generate import MusicGenerator, Prompt, default_sampler, resolve_role, write_wav
@@ -214,10 +216,9 @@ def reference_features(embedder, reference: ReferenceAudio, seed: int) -> tuple[
         with np.load(cached, allow_pickle=False) as z:
             return z["features"], z["groups"], cached
     feats, groups, _ = embed_clips(embedder, reference.audio(), reference.gen.sample_rate)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".part.npz")
-    np.savez(tmp, features=feats, groups=groups)
-    tmp.replace(cached)
+    buf = io.BytesIO()
+    np.savez(buf, features=feats, groups=groups)
+    storage.write_bytes_atomic(str(cached), buf.getvalue())  # two evaluations may fill it at once
     return feats, groups, cached
 
 
@@ -329,9 +330,6 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                     **sampling.resolved(gen.export), "data": str(data_uri), "reference_uris": reference_uris,
                     "seed": seed, "noise_seed": seed if noise_seed is None else noise_seed,
                     "embedding": embedder.name, "reference_cache": str(cached)})
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "metrics.part.json"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out / "metrics.json")
+    storage.write_bytes_atomic(str(out / "metrics.json"), json.dumps(metrics, indent=2).encode())
     log.info("wrote %s", out / "metrics.json")
     return metrics

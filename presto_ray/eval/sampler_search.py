@@ -17,6 +17,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from presto_ray.config import SamplerConfig
+from presto_ray.data import storage
 from presto_ray.eval.evaluate import Sampling, evaluate
 from presto_ray.train.export import find_export, write_sampler_choice
 
@@ -46,9 +48,8 @@ def grid(steps: tuple[int, ...], cfg_scales: tuple[float, ...], churns: tuple[fl
     settings = [SamplerSetting(n, w, c) for n, w, c in itertools.product(steps, cfg_scales, churns)]
     if not settings:
         raise ValueError("the sampler grid is empty: give at least one step count and one CFG scale")
-    for s in settings:
-        if s.steps < 1 or s.cfg_scale < 0 or s.s_churn < 0:
-            raise ValueError(f"invalid sampler setting {s}: steps >= 1, cfg_scale >= 0, s_churn >= 0")
+    for s in settings:  # SamplerConfig's own checks, before anything is generated
+        SamplerConfig(steps=s.steps, cfg_scale=s.cfg_scale, s_churn=s.s_churn)
     return sorted(settings, key=lambda s: (s.network_evals, s.cfg_scale, s.s_churn))
 
 
@@ -87,10 +88,7 @@ def search_teacher_sampler(checkpoint: str, data_uri: str, out_dir: str | Path, 
     doc = {"checkpoint": str(export), "data": str(data_uri), "reference": reference or [str(data_uri)], "n": n,
            "seed": seed, "metric": "kad", "rule": "cheapest setting whose KAD interval overlaps the best one's",
            "trials": trials, "chosen": chosen, "export": str(export)}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "search.part.json"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(out / "search.json")
+    storage.write_bytes_atomic(str(out / "search.json"), json.dumps(doc, indent=2).encode())
     if store:
         c = trials[chosen]
         write_sampler_choice(export, {"steps": c["steps"], "cfg_scale": c["cfg_scale"], "s_churn": c["s_churn"]},

@@ -13,9 +13,10 @@ import logging
 import math
 from pathlib import Path
 
+from presto_ray.data import storage
 from presto_ray.distill.networks import SCORE_METHODS
 from presto_ray.eval.evaluate import evaluate
-from presto_ray.train.export import STEP_DIR, ExportError, load_export
+from presto_ray.train.export import STEP_DIR, Exported, ExportError, load_export
 
 log = logging.getLogger("presto_ray.updates")
 
@@ -28,20 +29,20 @@ def generator_updates(method: str, ttur: int, step: int) -> int:
     return math.ceil(step / ttur) if method in SCORE_METHODS else step
 
 
-def checkpoint_exports(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, export folder) of every complete checkpoint of a run, oldest first."""
+def checkpoint_exports(run_dir: Path) -> list[Exported]:
+    """The export of every complete checkpoint of a run, oldest first."""
     out = []
     for folder in sorted(p for p in Path(run_dir).iterdir() if STEP_DIR.match(p.name)):
         try:
-            out.append((load_export(folder / "export").step, folder / "export"))
+            out.append(load_export(folder / "export"))
         except ExportError:
             log.warning("%s: incomplete checkpoint, left out of the curve", folder)
     return out
 
 
-def _point(step: int, export: Path, metrics: dict) -> dict:
-    cfg = load_export(export).cfg
-    return {"step": step, "generator_updates": generator_updates(cfg.distill.method, cfg.distill.ttur, step),
+def _point(exported: Exported, metrics: dict) -> dict:
+    d, step = exported.cfg.distill, exported.step
+    return {"step": step, "generator_updates": generator_updates(d.method, d.ttur, step),
             **{k: metrics.get(k) for k in ("kad", "kad_ci", "recall", "recall_ci", "coverage", "coverage_ci")}}
 
 
@@ -63,35 +64,29 @@ def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: 
     exports = checkpoint_exports(run_dir)
     if not exports:
         raise ExportError(f"{run_dir}: no complete checkpoint to evaluate")
-    method = load_export(exports[-1][1]).cfg.distill.method
+    method = exports[-1].cfg.distill.method
     points = []
-    for step, export in exports:
-        folder = out / f"step_{step:08d}"
+    for exported in exports:
+        folder, export = out / f"step_{exported.step:08d}", str(exported.folder)
         candidates = [_read(folder / "metrics.json")] + [_read(p) for p in known]
-        done = next((c for c in candidates if c.get("model") == str(export) and c.get("n_samples") == n
+        done = next((c for c in candidates if c.get("model") == export and c.get("n_samples") == n
                      and c.get("seed", seed) == seed), {})
         if not done:
-            done = evaluate(str(export), data_uri, folder, n=n, reference=reference, batch_size=batch_size, seed=seed,
+            done = evaluate(export, data_uri, folder, n=n, reference=reference, batch_size=batch_size, seed=seed,
                             write_audio=False)
-        points.append(_point(step, export, done))
-        log.info("%s step %d (%d generator updates): KAD %.3g", method, step, points[-1]["generator_updates"],
-                 points[-1]["kad"])
+        points.append(_point(exported, done))
+        log.info("%s step %d (%d generator updates): KAD %.3g", method, exported.step,
+                 points[-1]["generator_updates"], points[-1]["kad"])
     doc = {"method": method, "run": str(run_dir), "n": n, "points": points}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "curve.part.json"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(out / "curve.json")
+    storage.write_bytes_atomic(str(out / "curve.json"), json.dumps(doc, indent=2).encode())
     return doc
 
 
 def curve_is_current(run_dir: str | Path, out_dir: str | Path, n: int) -> bool:
     """Whether ``out_dir/curve.json`` covers every checkpoint of the run at ``n`` clips."""
-    try:
-        doc = json.loads((Path(out_dir) / "curve.json").read_text())
-    except (OSError, ValueError):
-        return False
+    doc = _read(Path(out_dir) / "curve.json")
     return doc.get("n") == n and [p["step"] for p in doc.get("points", [])] == [
-        s for s, _ in checkpoint_exports(Path(run_dir))]
+        e.step for e in checkpoint_exports(Path(run_dir))]
 
 
 def updates_figure(curves: dict[str, list[dict]], controls: dict[str, dict] | None = None):

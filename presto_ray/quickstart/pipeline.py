@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from presto_ray.config import PrestoConfig, config_from_dict, deep_merge
+from presto_ray.data import storage
 from presto_ray.eval.evaluate import Sampling
 from presto_ray.eval.targets import CONTROLS, check, results_markdown
 from presto_ray.eval.updates import CURVE_METHODS, curve_is_current, update_curve
@@ -154,9 +155,7 @@ def eval_cases(plan: Plan, methods: tuple[str, ...], exported: dict) -> list[Eva
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".part.json")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    storage.write_bytes_atomic(str(path), json.dumps(doc, indent=2).encode())
 
 
 def _read_json(path: Path) -> dict | None:

@@ -128,21 +128,24 @@ def load_export(folder: Path) -> Exported:
     return Exported(folder=folder, cfg=cfg, stats=stats, step=int(meta["step"]), roles=meta["roles"])
 
 
-def _with_chosen_sampler(folder: Path, cfg: PrestoConfig) -> PrestoConfig:
-    """``cfg`` with the sampler settings of ``folder/sampler.json`` (when there is one)."""
-    from pydantic import ValidationError
-
+def _chosen_sampler(cfg: PrestoConfig, settings: dict) -> PrestoConfig:
+    """``cfg`` with its sampler settings replaced by ``settings`` (SamplerConfig fields), validated;
+    a ValueError (pydantic's ValidationError among them) names what is wrong."""
     from presto_ray.config import SamplerConfig
 
+    sampler = SamplerConfig.model_validate({**cfg.sampler.model_dump(), **settings})
+    return cfg.model_copy(update={"sampler": sampler})
+
+
+def _with_chosen_sampler(folder: Path, cfg: PrestoConfig) -> PrestoConfig:
+    """``cfg`` with the sampler settings of ``folder/sampler.json`` (when there is one)."""
     file = folder / SAMPLER_FILE
     if not file.is_file():
         return cfg
     try:
-        chosen = json.loads(file.read_text())["settings"]
-        sampler = SamplerConfig.model_validate({**cfg.sampler.model_dump(), **chosen})
-    except (ValueError, KeyError, TypeError, ValidationError) as err:
+        return _chosen_sampler(cfg, json.loads(file.read_text())["settings"])
+    except (ValueError, KeyError, TypeError) as err:
         raise ExportError(f"{file}: not a sampler choice ({{'settings': {{steps, cfg_scale, ...}}}}): {err}") from None
-    return cfg.model_copy(update={"sampler": sampler})
 
 
 def write_sampler_choice(folder: Path, settings: dict, evidence: dict) -> Path:
@@ -150,19 +153,15 @@ def write_sampler_choice(folder: Path, settings: dict, evidence: dict) -> Path:
     s_churn) with the ``evidence`` it was chosen on in the export ``folder`` (atomically);
     :func:`load_export` applies it from then on. Settings that are not valid sampler fields are
     refused before anything is written."""
-    from pydantic import ValidationError
-
-    from presto_ray.config import SamplerConfig
+    from presto_ray.data import storage
 
     exported = load_export(Path(folder))
     try:
-        SamplerConfig.model_validate({**exported.cfg.sampler.model_dump(), **settings})
-    except ValidationError as err:
+        _chosen_sampler(exported.cfg, settings)
+    except ValueError as err:
         raise ValueError(f"not a sampler setting: {settings}: {err}") from None
     file = exported.folder / SAMPLER_FILE
-    tmp = file.with_suffix(".part.json")
-    tmp.write_text(json.dumps({"settings": settings, "evidence": evidence}, indent=2))
-    tmp.replace(file)
+    storage.write_bytes_atomic(str(file), json.dumps({"settings": settings, "evidence": evidence}, indent=2).encode())
     return file
 
 
