@@ -370,7 +370,8 @@ def cmd_sweep(args) -> int:
         doc = layer_drop_sweep(args.checkpoint, args.data, load_space(args.space), args.out, address=args.address)
         chosen = doc["trials"][doc["chosen"]]
         print(f"chosen schedule {chosen['label']}: edges {chosen['edges']}, budgets {chosen['budgets']}, "
-              f"FAD {chosen['fad']:.3f}, {chosen['blocks_per_sample']:.0f} blocks per sample")
+              f"KAD {chosen['kad']:.2f} [{chosen['kad_ci'][0]:.2f}, {chosen['kad_ci'][1]:.2f}], "
+              f"{chosen['blocks_per_sample']:.0f} blocks per sample")
         print(f"export with that schedule: {doc['export']}")
         return 0
     from presto_ray.sweep.loss_weights import load_space, loss_weight_sweep

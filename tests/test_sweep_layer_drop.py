@@ -20,9 +20,9 @@ from presto_ray.data.stats import LatentStats
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.edm import EDMPrecond
 from presto_ray.models.dit import DiT1D
-from presto_ray.sweep.layer_drop import (LayerDropSpace, edges_for_bins, is_monotone, load_space, make_candidates,
-                                         monotone_budgets, sample_monotone_budgets)
-from presto_ray.sweep.pareto import cheapest_within, dominates, pareto_front
+from presto_ray.sweep.layer_drop import (LayerDropSpace, choose_schedule, edges_for_bins, is_monotone, load_space,
+                                         make_candidates, monotone_budgets, sample_monotone_budgets)
+from presto_ray.sweep.pareto import cheapest_qualifying, dominates, pareto_front
 from presto_ray.train.export import load_export, write_export
 
 # ------------------------------------------------------------------------------ pareto
@@ -49,16 +49,26 @@ def test_pareto_front_agrees_with_the_definition_on_random_points():
     assert costs == sorted(costs)
 
 
-def test_cheapest_within_picks_the_cheapest_front_point_close_enough_to_the_reference():
-    # full depth (10, 2.0) is dominated by (9, 1.95); front by cost: (5, 2.5), (7, 2.08), (9, 1.95)
-    points = [(10, 2.0), (7, 2.08), (5, 2.5), (9, 1.95), (8, 2.3)]
-    assert pareto_front(points) == [2, 1, 3]
-    assert cheapest_within(points, 0, 0.05) == 1  # limit 2.1
-    assert cheapest_within(points, 0, 0.0) == 3  # limit 2.0: only the dominating point
-    assert cheapest_within(points, 0, 0.3) == 2  # limit 2.6: the cheapest of all
-    assert cheapest_within([(4, 1.0), (4, 0.9), (2, 1.2)], 0, 0.1) == 1  # equal cost: the better quality
-    with pytest.raises(ValueError, match="max_increase"):
-        cheapest_within(points, 0, -0.1)
+def test_choose_schedule_takes_the_cheapest_front_point_not_resolved_worse_than_full_depth():
+    # KAD with intervals; full depth (10 blocks) 2.0 [1.8, 2.2] is dominated by (9, 1.95);
+    # the front by cost: (5, 2.5), (7, 2.08), (9, 1.95)
+    def row(blocks, kad, low, high):
+        return {"blocks_per_sample": blocks, "kad": kad, "kad_ci": [low, high]}
+
+    rows = [row(10, 2.0, 1.8, 2.2), row(7, 2.08, 1.9, 2.3), row(5, 2.5, 2.3, 2.7), row(9, 1.95, 1.7, 2.1),
+            row(8, 2.3, 2.25, 2.4)]
+    front, chosen = choose_schedule(rows, 0.0)
+    assert front == [2, 1, 3]
+    assert chosen == 1  # (5 blocks) is resolved worse: 2.3 > 2.2; (7 blocks) overlaps
+    assert choose_schedule(rows, 0.1)[1] == 2  # a tolerance of 0.1 lets 2.3 <= 2.3 in
+    rows[1]["kad_ci"] = [2.21, 2.3]
+    assert choose_schedule(rows, 0.0)[1] == 3  # only the point that dominates full depth is left
+    # equal cost: the better KAD
+    assert choose_schedule([row(4, 1.0, 0.8, 1.2), row(4, 0.9, 0.7, 1.1), row(2, 1.5, 1.3, 1.7)], 0.0)[1] == 1
+    # no front point qualifies (a skewed interval): full depth is kept
+    assert cheapest_qualifying([(10, 2.0), (9, 1.9)], [True, False], 0) == 0
+    with pytest.raises(ValueError, match="flags"):
+        cheapest_qualifying([(10, 2.0)], [True, False], 0)
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -187,7 +197,7 @@ def test_sweep_writes_the_front_and_an_export_that_generate_samples_under(presto
     cpus_before = ray.available_resources().get("CPU")
     space = LayerDropSpace(edges=[1.0], budgets=[3, 6], prompts=4, steps=2, batch_size=4,
                            latency={"repeats": 1, "warmup": 0}, max_concurrent_trials=2,
-                           choose={"max_fad_increase": 100.0})
+                           choose={"max_kad_increase": 1e6})
     out = tmp_path / "sweep"
     doc = layer_drop_sweep(str(presto_l_export), str(held_out), space, str(out), progress=False)
 
@@ -201,10 +211,11 @@ def test_sweep_writes_the_front_and_an_export_that_generate_samples_under(presto
     assert blocks == [36.0, 2 * 3 + 4 * 6, 6 * 3]
     assert [float(t["evals_per_sample"]) for t in trials] == [6.0] * 3
     for t in trials:
-        assert math.isfinite(float(t["fad"])) and float(t["fad"]) > 0 and float(t["sampling_s"]) > 0
+        low, high = json.loads(t["kad_ci"])
+        assert math.isfinite(float(t["kad"])) and low < high and float(t["sampling_s"]) > 0
         assert 0.0 <= float(t["key_acc"]) <= 1.0 and math.isfinite(float(t["tempo_err_bpm"]))
 
-    points = [(float(t["blocks_per_sample"]), float(t["fad"])) for t in trials]
+    points = [(float(t["blocks_per_sample"]), float(t["kad"])) for t in trials]
     front = [i for i, t in enumerate(trials) if t["on_front"] == "True"]
     assert front == sorted(doc["front"]) and 2 in front  # the cheapest schedule is always on the front
     for i in front:
@@ -271,7 +282,7 @@ def test_sweep_to_object_storage(presto_l_export, held_out, tmp_path, monkeypatc
 
     monkeypatch.setenv("PRESTO_CACHE", str(tmp_path / "cache"))
     space = LayerDropSpace(edges=[1.0], budgets=[4, 6], prompts=2, steps=2, latency={"repeats": 1, "warmup": 0},
-                           choose={"max_fad_increase": 100.0})
+                           choose={"max_kad_increase": 1e6})
     out = "s3://presto/sweeps/layer-drop"
     space_file = tmp_path / "space.yaml"  # through the CLI, as users run it
     space_file.write_text(yaml.safe_dump(space.model_dump(mode="json", exclude_unset=True)))

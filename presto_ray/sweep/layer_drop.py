@@ -9,17 +9,20 @@ schedules are checked, and full depth is always the reference. Each candidate is
 that loads the export, generates the validation prompts under the schedule with the same seeds as
 every other trial, and reports
 
-* quality: FAD of musicnn embeddings against the validation set's reference embeddings (computed
-  once, in the same cache as ``evaluate``'s) and tempo / key / instrument adherence;
+* quality: KAD of musicnn embeddings with its 95% bootstrap interval over clips (the primary
+  metric of ``evaluate``, :func:`presto_ray.eval.metrics.kad`) against the validation set's
+  reference embeddings (computed once, in the same cache as ``evaluate``'s), and tempo / key /
+  instrument adherence;
 * cost: DiT blocks executed per sample, counted by forward hooks (CFG's unconditional pass
   included), and the measured batch-1 sampling latency.
 
 The sweep writes to ``out``: ``trials.csv`` (every trial), ``pareto.csv`` and ``pareto.md`` (the
-front of FAD against blocks per sample), ``pareto.png``, ``sweep.json`` (settings, reference and the
+front of KAD against blocks per sample), ``pareto.png``, ``sweep.json`` (settings, reference and the
 choice) and ``export/``: a copy of the input export whose ``config.yaml`` carries the chosen
 ``distill.budget_schedule``, so ``generate`` and ``evaluate`` use it by default. The choice is
-:func:`presto_ray.sweep.pareto.cheapest_within`: the fewest blocks per sample on the front whose
-FAD is within ``choose.max_fad_increase`` of full depth's. Tune keeps its state under
+:func:`presto_ray.sweep.pareto.cheapest_qualifying`: the fewest blocks per sample on the front
+whose KAD is not resolved worse than full depth's (the low end of its interval at most full depth's
+high end, plus ``choose.max_kad_increase``), the rule the teacher sampler search uses too. Tune keeps its state under
 ``out/tune/``; rerunning the same sweep resumes it (finished trials are not run again).
 """
 
@@ -50,7 +53,7 @@ from presto_ray.distill import networks
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.edm import karras_sigmas
 from presto_ray.generate import MusicGenerator, Prompt
-from presto_ray.sweep.pareto import cheapest_within, pareto_front
+from presto_ray.sweep.pareto import cheapest_qualifying, pareto_front
 from presto_ray.train.export import Exported, load_export, write_export
 
 log = logging.getLogger("presto_ray.sweep")
@@ -87,10 +90,11 @@ class TrialResources(_Strict):
 
 
 class ChoiceRule(_Strict):
-    """The saved schedule: the cheapest Pareto point whose FAD is at most (1 + max_fad_increase)
-    times full depth's."""
+    """The saved schedule: the cheapest Pareto point whose KAD interval's low end is at most full
+    depth's high end plus ``max_kad_increase`` (KAD units, x1000): not resolved worse than full
+    depth, with an optional tolerance."""
 
-    max_fad_increase: float = Field(0.05, ge=0)
+    max_kad_increase: float = Field(0.0, ge=0)
 
 
 class LayerDropSpace(_Strict):
@@ -251,29 +255,34 @@ class TrialSetup:
     checkpoint: str
     prompts: list[Prompt]
     reference: np.ndarray  # [frames, 200] musicnn features of the validation audio (evaluate's reference)
+    reference_groups: np.ndarray  # [frames] the clip of each reference frame (the bootstrap's unit)
     steps: int | None
     batch_size: int
     latency: LatencySettings
+    seed: int  # of the KAD bootstrap
 
 
 def measure_schedule(gen: MusicGenerator, setup: TrialSetup) -> dict:
     """Generate ``setup.prompts`` under ``gen.schedule`` and score them.
 
-    Returns fad, tempo_err_bpm, tempo_err_octave_bpm, key_acc, instrument_acc (those the captions
-    allow), blocks_per_sample (rows through DiT blocks / samples), evals_per_sample (network passes
+    Returns kad, kad_ci ([low, high], 95% bootstrap over clips), tempo_err_bpm,
+    tempo_err_octave_bpm, key_acc, instrument_acc (those the captions allow), blocks_per_sample (rows through DiT blocks / samples), evals_per_sample (network passes
     per sample, CFG's included), block_fraction, and sampling_s / total_s of one batch-1 clip."""
     from presto_ray.eval.adherence import adherence_metrics
     from presto_ray.eval.embeddings import load_embedder
+    from presto_ray.eval.evaluate import embed_clips
     from presto_ray.eval.latency import Case, counting, measure
-    from presto_ray.eval.metrics import fad
+    from presto_ray.eval.metrics import kad, kad_ci
 
     n = len(setup.prompts)
     with counting(gen) as counts:
         wavs = gen.generate(setup.prompts, batch_size=setup.batch_size, progress=False, steps=setup.steps)
     embedder = load_embedder("musicnn")
-    embedded = [embedder.embed(w, gen.sample_rate) for w in wavs]
-    feats = np.concatenate([e["features"].numpy() for e in embedded])
-    out = {"fad": fad(feats, setup.reference), "blocks_per_sample": counts["block_rows"] / n,
+    feats, groups, embedded = embed_clips(embedder, wavs, gen.sample_rate)
+    pair = {"gen_groups": groups, "ref_groups": setup.reference_groups}
+    out = {"kad": kad(feats, setup.reference, **pair),
+           "kad_ci": list(kad_ci(feats, setup.reference, **pair, seed=setup.seed)),
+           "blocks_per_sample": counts["block_rows"] / n,
            "evals_per_sample": counts["rows"] / n,
            "block_fraction": counts["block_rows"] / (counts["rows"] * gen.export.cfg.model.depth)}
     out.update(adherence_metrics(wavs, gen.sample_rate, [p.text for p in setup.prompts], [p.bpm for p in setup.prompts],
@@ -295,7 +304,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 # ------------------------------------------------------------------------------ the sweep
 
-METRICS = ["blocks_per_sample", "block_fraction", "evals_per_sample", "fad", "tempo_err_bpm", "tempo_err_octave_bpm",
+METRICS = ["blocks_per_sample", "block_fraction", "evals_per_sample", "kad", "kad_ci", "tempo_err_bpm", "tempo_err_octave_bpm",
            "key_acc", "instrument_acc", "sampling_s", "total_s"]
 """What a trial reports (:func:`measure_schedule`); adherence keys only when the captions allow them."""
 COLUMNS = ["index", "label", "edges", "budgets", *METRICS, "on_front", "chosen", "trial_id"]
@@ -389,49 +398,65 @@ def _fmt(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _kad(row: dict) -> str:
+    low, high = row["kad_ci"]
+    return f"{row['kad']:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def choose_schedule(rows: list[dict], max_kad_increase: float) -> tuple[list[int], int]:
+    """(Pareto front indices, chosen index) of trial rows (blocks_per_sample, kad, kad_ci; full
+    depth first): the cheapest front point whose KAD interval's low end is at most full depth's
+    high end + ``max_kad_increase``."""
+    points = [(r["blocks_per_sample"], r["kad"]) for r in rows]
+    limit = rows[0]["kad_ci"][1] + max_kad_increase
+    return pareto_front(points), cheapest_qualifying(points, [r["kad_ci"][0] <= limit for r in rows], 0)
+
+
 def _write_markdown(path: Path, rows: list[dict], front: list[int], chosen: int, space: LayerDropSpace,
                     depth: int) -> None:
     full = rows[0]
     lines = [f"# Layer-drop sweep: Pareto front ({len(front)} of {len(rows)} schedules)", "",
-             "Cost: DiT blocks executed per sample (counted by hooks, CFG included); quality: FAD (lower is better).",
-             f"Full depth ({depth} blocks): {full['blocks_per_sample']:.0f} blocks per sample, FAD {full['fad']:.4g}.",
-             f"Chosen: the cheapest front point with FAD <= (1 + {space.choose.max_fad_increase:g}) x full depth's "
-             f"-> **{rows[chosen]['label']}** (edges {rows[chosen]['edges']}, budgets {rows[chosen]['budgets']}).", "",
-             "| schedule | edges | budgets | blocks/sample | vs full | FAD | tempo err, octave-folded (bpm) | "
+             "Cost: DiT blocks executed per sample (counted by hooks, CFG included); quality: KAD x1000 "
+             f"(lower is better) with its 95% bootstrap interval over {space.prompts} clips.",
+             f"Full depth ({depth} blocks): {full['blocks_per_sample']:.0f} blocks per sample, KAD {_kad(full)}.",
+             "Chosen: the cheapest front point whose KAD interval reaches down to full depth's upper end"
+             + (f" + {space.choose.max_kad_increase:g}" if space.choose.max_kad_increase else "")
+             + f" (not resolved worse) -> **{rows[chosen]['label']}** (edges {rows[chosen]['edges']}, "
+             f"budgets {rows[chosen]['budgets']}).", "",
+             "| schedule | edges | budgets | blocks/sample | vs full | KAD [95% CI] | tempo err, octave-folded (bpm) | "
              "key acc | instrument acc | sampling (ms) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i in front:
         r = rows[i]
         name = f"**{r['label']}**" if i == chosen else r["label"]
         lines.append(f"| {name} | {r['edges']} | {r['budgets']} | {r['blocks_per_sample']:.0f} | "
-                     f"{r['blocks_per_sample'] / full['blocks_per_sample']:.2f} | {_fmt(r['fad'], 4)} | "
+                     f"{r['blocks_per_sample'] / full['blocks_per_sample']:.2f} | {_kad(r)} | "
                      f"{_fmt(r.get('tempo_err_octave_bpm'))} | {_fmt(r.get('key_acc'))} | "
                      f"{_fmt(r.get('instrument_acc'))} | {1000 * r['sampling_s']:.1f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
-def _plot(path: Path, rows: list[dict], front: list[int], chosen: int, max_fad_increase: float) -> None:
+def _plot(path: Path, rows: list[dict], front: list[int], chosen: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.scatter([r["blocks_per_sample"] for r in rows], [r["fad"] for r in rows], s=18, color="0.6",
-               label="schedules")
-    ax.step([rows[i]["blocks_per_sample"] for i in front], [rows[i]["fad"] for i in front], where="post",
-            color="tab:red", marker="o", label="Pareto front")
-    ax.scatter([rows[0]["blocks_per_sample"]], [rows[0]["fad"]], s=80, marker="s", facecolors="none",
-               edgecolors="k", label="full depth")
-    ax.scatter([rows[chosen]["blocks_per_sample"]], [rows[chosen]["fad"]], s=160, marker="*", color="tab:blue",
+    x = np.array([r["blocks_per_sample"] for r in rows])
+    y = np.array([r["kad"] for r in rows])
+    ci = np.array([r["kad_ci"] for r in rows])
+    ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt="o", ms=4, color="0.6", elinewidth=0.8,
+                label="schedules (95% CI)")
+    ax.step(x[front], y[front], where="post", color="tab:red", marker="o", label="Pareto front")
+    ax.scatter([x[0]], [y[0]], s=80, marker="s", facecolors="none", edgecolors="k", label="full depth")
+    ax.scatter([x[chosen]], [y[chosen]], s=160, marker="*", color="tab:blue",
                label=f"chosen ({rows[chosen]['label']})", zorder=3)
-    ax.axhline(rows[0]["fad"] + abs(rows[0]["fad"]) * max_fad_increase, color="tab:blue", linestyle="--",
-               linewidth=0.8, label=f"full-depth FAD + {100 * max_fad_increase:g} %")
+    ax.axhspan(ci[0, 0], ci[0, 1], color="tab:blue", alpha=0.12, label="full depth's interval")
     for i in front:
-        ax.annotate(rows[i]["label"], (rows[i]["blocks_per_sample"], rows[i]["fad"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))
+        ax.annotate(rows[i]["label"], (x[i], y[i]), fontsize=7, textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("DiT blocks executed per sample")
-    ax.set_ylabel("FAD (musicnn)")
+    ax.set_ylabel("KAD x1000 (musicnn)")
     ax.set_title("Layer-drop schedules")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -464,13 +489,15 @@ def layer_drop_sweep(checkpoint: str, data: str, space: LayerDropSpace, out: str
     rows = held_out_rows(data, space.prompts, space.seed)
     prompts = [Prompt(str(r["caption"]), float(r["bpm"]) if math.isfinite(float(r["bpm"])) else None, None,
                       space.seed + i) for i, r in enumerate(rows)]
-    reference, _, cache_file = reference_features(load_embedder("musicnn"),
+    reference, reference_groups, cache_file = reference_features(load_embedder("musicnn"),
                                                   ReferenceAudio(gen, [data], space.seed, n=space.prompts), space.seed)
     log.info("layer-drop sweep: %d schedules on %d prompts (reference embeddings: %s)", len(candidates),
              len(prompts), cache_file)
 
-    setup = TrialSetup(checkpoint, prompts, reference, space.steps, space.batch_size, space.latency)
+    setup = TrialSetup(checkpoint, prompts, reference, reference_groups, space.steps, space.batch_size, space.latency,
+                       space.seed)
     identity = {"export": (gen.export.folder / "export.json").read_text(), "reference": cache_file.name,
+                "metric": "kad",
                 "candidates": [[c.schedule.edges, c.schedule.budgets] for c in candidates],
                 "space": space.model_dump(mode="json", include={"prompts", "seed", "steps", "batch_size", "latency"})}
     name = "layer_drop-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
@@ -479,9 +506,7 @@ def layer_drop_sweep(checkpoint: str, data: str, space: LayerDropSpace, out: str
     table = [{"index": i, "label": c.label, "edges": c.schedule.edges, "budgets": c.schedule.budgets,
               **{k: results[i].get(k) for k in METRICS}, "trial_id": results[i].get("trial_id")}
              for i, c in enumerate(candidates)]
-    points = [(r["blocks_per_sample"], r["fad"]) for r in table]
-    front = pareto_front(points)
-    chosen = cheapest_within(points, 0, space.choose.max_fad_increase)
+    front, chosen = choose_schedule(table, space.choose.max_kad_increase)
     for i, r in enumerate(table):
         r["on_front"], r["chosen"] = i in front, i == chosen
     doc = {"checkpoint": checkpoint, "data": data, "space": space.model_dump(mode="json"), "depth": depth,
@@ -493,13 +518,13 @@ def layer_drop_sweep(checkpoint: str, data: str, space: LayerDropSpace, out: str
         _write_csv(folder / "trials.csv", table)
         _write_csv(folder / "pareto.csv", [table[i] for i in front])
         _write_markdown(folder / "pareto.md", table, front, chosen, space, depth)
-        _plot(folder / "pareto.png", table, front, chosen, space.choose.max_fad_increase)
+        _plot(folder / "pareto.png", table, front, chosen)
         (folder / "sweep.json").write_text(json.dumps(doc, indent=2))
         save_schedule_export(gen.export, candidates[chosen].schedule, folder / "export", steps=space.steps,
                              sampler=gen.sampler)
         if storage.is_remote(out):
             _publish(folder, out)
-    log.info("layer-drop sweep: chose %s (%.0f of %.0f blocks per sample, FAD %.4g vs %.4g); export in %s",
+    log.info("layer-drop sweep: chose %s (%.0f of %.0f blocks per sample, KAD %s vs full depth %s); export in %s",
              table[chosen]["label"], table[chosen]["blocks_per_sample"], table[0]["blocks_per_sample"],
-             table[chosen]["fad"], table[0]["fad"], doc["export"])
+             _kad(table[chosen]), _kad(table[0]), doc["export"])
     return doc

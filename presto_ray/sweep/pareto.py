@@ -1,7 +1,7 @@
 """Pareto front of (cost, quality) points, both minimised, and the rule that picks one point of it.
 
 A point is a pair ``(cost, quality)`` of floats where lower is better in both coordinates (for the
-layer-drop sweep: DiT blocks executed per sample, and FAD). Pure functions, no Ray, no torch.
+layer-drop sweep: DiT blocks executed per sample, and KAD). Pure functions, no Ray, no torch.
 """
 
 from __future__ import annotations
@@ -29,18 +29,15 @@ def pareto_front(points: Sequence[Point]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], points[i][1], i))
 
 
-def cheapest_within(points: Sequence[Point], reference: int, max_increase: float) -> int:
-    """Index of the chosen point: the cheapest point of the Pareto front whose quality is within
-    ``max_increase`` (a fraction: 0.05 = 5 %) of the reference point's, i.e. at most
-    ``q_ref + |q_ref| * max_increase`` (for the layer-drop sweep: the fewest blocks per sample whose
-    FAD is within 5 % of full depth's). Equal costs go to the better quality. A point always
-    qualifies: the reference itself, or a front point that dominates it."""
+def cheapest_qualifying(points: Sequence[Point], qualifies: Sequence[bool], reference: int) -> int:
+    """Index of the chosen point: the cheapest point of the Pareto front with ``qualifies[i]`` true
+    (for the layer-drop sweep: the fewest blocks per sample whose KAD is not resolved worse than
+    full depth's). Equal costs go to the better quality. When no front point qualifies, the
+    ``reference`` point (full depth) is chosen."""
+    if len(qualifies) != len(points):
+        raise ValueError(f"{len(qualifies)} qualification flags for {len(points)} points")
     if not 0 <= reference < len(points):
         raise IndexError(f"reference index {reference} is outside the {len(points)} points")
-    if not max_increase >= 0:
-        raise ValueError(f"max_increase must be >= 0, got {max_increase}")
-    q_ref = points[reference][1]
-    if math.isnan(q_ref) or math.isnan(points[reference][0]):
+    if math.isnan(points[reference][0]) or math.isnan(points[reference][1]):
         raise ValueError(f"the reference point {points[reference]} has a NaN coordinate")
-    limit = q_ref + abs(q_ref) * max_increase
-    return next(i for i in pareto_front(points) if points[i][1] <= limit)
+    return next((i for i in pareto_front(points) if qualifies[i]), reference)
