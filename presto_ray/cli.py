@@ -25,6 +25,22 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    """An argparse type: an integer >= 0 (warm-up repeats, Ray workers where 0 means in-process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_list(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers, each >= 1 ("4,8"; "" for none)."""
+    return tuple(_positive(v.strip()) for v in text.split(",") if v.strip())
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", help="YAML config file or preset name (tiny, small, paper); default tiny")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. model.depth=8")
@@ -64,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", action="append", default=[], help="a student's export, step or run folder (repeatable)")
     p.add_argument("--out", default="latency.json", help="where to write latency.json (default ./latency.json)")
     p.add_argument("--seconds", type=float, help="clip length (default: the training clip length)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--teacher-steps", default="4,8", help="extra teacher step counts, comma-separated (default 4,8)")
-    p.add_argument("--student-steps", default="1,2,4", help="few-step student step counts (default 1,2,4)")
+    p.add_argument("--repeats", type=_positive, default=5)
+    p.add_argument("--warmup", type=_non_negative, default=1)
+    p.add_argument("--teacher-steps", type=_positive_list, default="4,8",
+                   help="extra teacher step counts, comma-separated (default 4,8)")
+    p.add_argument("--student-steps", type=_positive_list, default="1,2,4",
+                   help="few-step student step counts (default 1,2,4)")
 
     p = sub.add_parser("report", help="fold latency.json, metrics.json, training curves and audio into report.html")
     p.add_argument("--latency", action="append", default=[], help="a latency.json (repeatable)")
@@ -106,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mmd-bandwidth", type=float, default=10.0)
     p.add_argument("--mmd-scale", type=float, default=1000.0)
-    p.add_argument("--num-workers", type=int, default=0,
+    p.add_argument("--num-workers", type=_non_negative, default=0,
                    help="generate on this many Ray actors (default 0: in this process)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--clap", metavar="PATH", help="folder of a CLAP model (Hugging Face layout, safetensors): adds "
@@ -117,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", required=True, help="output folder or s3:// prefix; splits go to <out>/{train,valid,test}")
     p.add_argument("--hours", type=float, help="overrides prepare.hours (audio to render)")
-    p.add_argument("--items", type=int, help="overrides prepare.items (number of clips; wins over hours)")
+    p.add_argument("--items", type=_positive, help="overrides prepare.items (number of clips; wins over hours)")
 
     p = sub.add_parser("generate", help="prompt(s) -> WAV from an exported model or checkpoint")
     p.add_argument("--checkpoint", required=True,
@@ -129,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="length (default: the training clip length)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of the first prompt; later prompts count up (file seeds are offset by it)")
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=_positive,
                    help="sampler steps (default from the checkpoint: sampler.steps for the teacher and layer "
                         "students, distill.student_steps for few-step students)")
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (teacher)")
@@ -139,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-schedule", metavar="JSON",
                    help='replace the layer-budget schedule, e.g. \'{"edges": [0.5, 5], "budgets": [6, 4, 3]}\' '
                         "(sigma bin edges ascending; budgets per bin)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--out", default="generated", help="output folder for WAV files")
 
     p = sub.add_parser("export", help="copy a checkpoint's safetensors export to a folder or bucket")
@@ -249,11 +267,8 @@ def cmd_benchmark(args) -> int:
 
     from presto_ray.eval.latency import benchmark
 
-    def steps(text: str) -> tuple[int, ...]:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-
     doc = benchmark(args.teacher, args.student, repeats=args.repeats, warmup=args.warmup, seconds=args.seconds,
-                    teacher_steps=steps(args.teacher_steps), student_steps=steps(args.student_steps))
+                    teacher_steps=args.teacher_steps, student_steps=args.student_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))

@@ -77,6 +77,28 @@ def default_sampler(cfg, role: str) -> str:
     return "pingpong" if role == "generator" and cfg.distill.method not in networks.LAYER_METHODS else "teacher"
 
 
+def sampler_steps(cfg, sampler: str, steps: int | None) -> int:
+    """The step count of ``sampler`` ("pingpong" or "teacher") for an export with config ``cfg``:
+    ``steps``, or when it is None the export's default (``distill.student_steps`` for ping-pong,
+    ``sampler.steps`` for Heun/Euler). A count that is not an integer >= 1 raises ValueError
+    (0 is an error, never "the default")."""
+    if steps is None:
+        return cfg.distill.student_steps if sampler == "pingpong" else cfg.sampler.steps
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return int(steps)
+
+
+def check_prompts(prompts: list[Prompt]) -> None:
+    """Refuse an empty list and empty or whitespace-only captions (ValueError naming the prompt's
+    index); called before any model is loaded."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not p.text.strip():
+            raise ValueError(f"prompt {i} is empty")
+
+
 def resolve_role(exported: Exported, role: str = "auto") -> str:
     """"auto" -> the student ``generator`` when the export has one, else ``teacher``."""
     return ("generator" if "generator" in exported.roles else "teacher") if role == "auto" else role
@@ -165,6 +187,7 @@ class MusicGenerator:
         under the student's sampler); None there means no guidance."""
         cfg = self.export.cfg
         sampler = sampler or self.sampler
+        steps = sampler_steps(cfg, sampler, steps)
         schedule = self.schedule if schedule is None else schedule
         denoiser = self.denoiser if schedule.is_full else ScheduledDenoiser(self.denoiser, schedule)
         gen = torch.Generator(device=self.runtime.device).manual_seed(seed)
@@ -172,14 +195,12 @@ class MusicGenerator:
             if sampler == "pingpong":
                 if cfg_scale is not None and self.role != "teacher":
                     raise ValueError("--cfg-scale does not apply to a few-step student: guidance is distilled in")
-                steps = steps or cfg.distill.student_steps
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.distill.student_rho,
                                        device=self.runtime.device)
                 if cfg_scale is not None:  # the teacher's weights as an undistilled control, with guidance
                     denoiser = ClassifierFreeGuidance(denoiser, cfg_scale)
                 x = sample_pingpong(denoiser, noise, sigmas, cond, generator=gen, progress=progress, **sampler_kw)
             else:
-                steps = steps or cfg.sampler.steps
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho,
                                        device=self.runtime.device)
                 scale = cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale
@@ -198,9 +219,7 @@ class MusicGenerator:
     def generate(self, prompts: list[Prompt], *, batch_size: int = 8, progress: bool = True,
                  **kw) -> list[np.ndarray]:
         """Prompts -> one waveform [n] each, batched by length."""
-        for i, p in enumerate(prompts):
-            if not p.text.strip():
-                raise ValueError(f"prompt {i} is empty")
+        check_prompts(prompts)
         out: list[np.ndarray | None] = [None] * len(prompts)
         by_len: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -225,7 +244,9 @@ def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> Path:
 
 def generate_files(checkpoint: str, prompts: list[Prompt], out_dir: str | Path, *, role: str = "auto",
                    budget_schedule: BudgetSchedule | None = None, **kw) -> list[Path]:
-    """Generate one WAV per prompt into ``out_dir`` (``000_<slug>.wav``); returns the paths."""
+    """Generate one WAV per prompt into ``out_dir`` (``000_<slug>.wav``); returns the paths. The
+    prompts are checked (:func:`check_prompts`) before the model is loaded."""
+    check_prompts(prompts)
     gen = MusicGenerator(checkpoint, role=role, budget_schedule=budget_schedule)
     wavs = gen.generate(prompts, **kw)
     out = Path(out_dir)

@@ -149,3 +149,40 @@ def test_cli_help_and_errors(tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"bpm": 3}\n')
     res = _cli("generate", "--checkpoint", str(tmp_path), "--prompts-file", str(bad))
     assert res.returncode == 2 and f"{bad}:2" in res.stderr
+
+
+def test_step_counts_are_checked_not_defaulted(tmp_path, cfg):
+    from presto_ray.eval.evaluate import Sampling
+    from presto_ray.generate import MusicGenerator, Prompt, sampler_steps
+
+    assert sampler_steps(cfg, "teacher", None) == cfg.sampler.steps == 3
+    assert sampler_steps(cfg, "pingpong", None) == cfg.distill.student_steps
+    assert sampler_steps(cfg, "teacher", 5) == 5
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=f"steps must be an integer >= 1, got {bad!r}"):
+            sampler_steps(cfg, "teacher", bad)
+    gen = MusicGenerator(str(_run_with_steps(tmp_path, cfg)))
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        gen.sample_latents([Prompt("a pure sine melody")], steps=0)  # never the default's 3 steps
+    with pytest.raises(ValueError, match="got 0"):
+        Sampling(steps=0).resolved(gen.export)
+    assert Sampling(steps=None).resolved(gen.export)["steps"] == 3
+
+
+def test_cli_refuses_bad_counts_and_empty_prompts_before_any_model_loads(tmp_path, capsys):
+    from presto_ray.cli import main
+
+    missing = str(tmp_path / "no-checkpoint")  # a model load would fail naming this path
+    for argv, option in [(["generate", "--checkpoint", missing, "--prompt", "x", "--steps", "0"], "--steps"),
+                         (["generate", "--checkpoint", missing, "--prompt", "x", "--batch-size", "-1"], "--batch-size"),
+                         (["benchmark", "--teacher", missing, "--teacher-steps", "4,0"], "--teacher-steps"),
+                         (["benchmark", "--teacher", missing, "--warmup", "-1"], "--warmup"),
+                         (["prepare", "--out", missing, "--items", "0"], "--items")]:
+        with pytest.raises(SystemExit) as err:
+            main(argv)
+        stderr = capsys.readouterr().err
+        assert err.value.code == 2 and f"argument {option}: must be >= " in stderr and missing not in stderr
+    for prompt in ("", "   "):
+        assert main(["generate", "--checkpoint", missing, "--prompt", "a flute", "--prompt", prompt]) == 2
+        stderr = capsys.readouterr().err
+        assert stderr.strip().splitlines() == ["presto-ray generate: error: prompt 1 is empty"]

@@ -38,7 +38,7 @@ from presto_ray.eval.adherence import adherence_metrics
 from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.eval.metrics import bootstrap_ci, fad, fad_checked, floor_split, kad, kad_ci, prdc_ci
-from presto_ray.generate import MusicGenerator, Prompt, default_sampler, resolve_role, write_wav
+from presto_ray.generate import MusicGenerator, Prompt, default_sampler, resolve_role, sampler_steps, write_wav
 from presto_ray.train.export import Exported
 
 log = logging.getLogger("presto_ray.evaluate")
@@ -108,10 +108,10 @@ class Sampling:
             schedule = BudgetSchedule.parse(self.schedule)
         else:
             schedule = budget_schedule(cfg) if role == "generator" else BudgetSchedule([], [])
+        steps = sampler_steps(cfg, sampler, self.steps)
         if sampler == "pingpong":
-            steps, scale, churn = self.steps or cfg.distill.student_steps, self.cfg_scale, None
+            scale, churn = self.cfg_scale, None
         else:
-            steps = self.steps or cfg.sampler.steps
             scale = cfg.sampler.cfg_scale if self.cfg_scale is None else self.cfg_scale
             churn = cfg.sampler.s_churn if self.s_churn is None else self.s_churn
         return {"role": role, "sampler": sampler, "steps": steps, "cfg_scale": scale, "s_churn": churn,

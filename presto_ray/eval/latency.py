@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from presto_ray.distill.budget import BudgetSchedule
-from presto_ray.generate import MusicGenerator, Prompt
+from presto_ray.generate import MusicGenerator, Prompt, sampler_steps
 
 PROMPT = Prompt("a calm piano piece in C major, 4/4, 90 BPM", bpm=90.0, seed=0)
 
@@ -136,8 +136,7 @@ def benchmark(teacher: str, students: list[str], *, repeats: int = 5, warmup: in
         for case in cases_for(gen, teacher_steps if role == "teacher" else (), student_steps):
             result = measure(gen, case, prompt=prompt, repeats=repeats, warmup=warmup)
             entry = {"model": str(path), "role": role, "method": method, "case": case.label, "sampler": case.sampler,
-                     "steps": case.steps or (gen.export.cfg.sampler.steps if case.sampler == "teacher"
-                                             else gen.export.cfg.distill.student_steps), **result,
+                     "steps": sampler_steps(gen.export.cfg, case.sampler, case.steps), **result,
                      "rtf": clip_seconds / result["total_s"]}
             entries.append(entry)
             if progress:

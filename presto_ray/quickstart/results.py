@@ -34,7 +34,7 @@ def case_label(method: str, cfg: PrestoConfig, steps: int | None) -> str:
     scheduled = not budget_schedule(cfg).is_full
     if method in LAYER_METHODS:
         return "schedule" if scheduled else "default"
-    return f"{steps or cfg.distill.student_steps} steps" + (" + schedule" if scheduled else "")
+    return f"{cfg.distill.student_steps if steps is None else steps} steps" + (" + schedule" if scheduled else "")
 
 
 def combine(evaluations: list[dict], latency: dict, curves: dict[str, list[dict]] | None = None) -> dict:

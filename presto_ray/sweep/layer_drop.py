@@ -191,12 +191,12 @@ def sample_monotone_budgets(allowed: list[int], bins: int, n: int, seed: int,
 def sampler_levels(gen: MusicGenerator, steps: int | None) -> list[float]:
     """The noise levels (ascending, > 0) at which ``gen``'s sampler evaluates the network with
     ``steps`` steps (None: the export's default), from the same Karras discretisation."""
+    from presto_ray.generate import sampler_steps
+
     cfg = gen.export.cfg
-    if gen.sampler == "pingpong":
-        steps, rho = steps or cfg.distill.student_steps, cfg.distill.student_rho
-    else:
-        steps, rho = steps or cfg.sampler.steps, cfg.sampler.rho
-    sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, rho, dtype=torch.float64)
+    rho = cfg.distill.student_rho if gen.sampler == "pingpong" else cfg.sampler.rho
+    sigmas = karras_sigmas(sampler_steps(cfg, gen.sampler, steps), cfg.edm.sigma_min, cfg.edm.sigma_max, rho,
+                           dtype=torch.float64)
     return sorted(float(s) for s in sigmas if s > 0)
 
 
