@@ -11,6 +11,7 @@ import torch
 from presto_ray.edm import (
     EDMPrecond,
     GaussianMixtureDenoiser,
+    as_sigma_batch,
     c_in,
     c_noise,
     c_out,
@@ -117,6 +118,20 @@ def test_precond_float_sigma_becomes_batch_and_output_scale():
     assert net.cn.shape == (4,)
     torch.testing.assert_close(net.cn, torch.full((4,), math.log(2.0) / 4))
     torch.testing.assert_close(out, torch.full_like(x, c_out(2.0, SD).item()))
+
+
+def test_sigma_keeps_the_callers_precision_never_below_float32():
+    x64, x16 = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float16)
+    sigma = 0.1  # not a float32 number: rounding it shows at ~1e-9
+    assert as_sigma_batch(sigma, x64).tolist() == [sigma] * 3 and as_sigma_batch(sigma, x64).dtype == torch.float64
+    assert as_sigma_batch(sigma, x16).dtype == torch.float32
+    assert expand_sigma(sigma, x64).dtype == torch.float64 and expand_sigma(sigma, x64).item() == sigma
+    assert c_skip(sigma, SD).item() == SD**2 / (sigma**2 + SD**2)  # a python float is computed in float64
+    assert c_out(torch.tensor([sigma], dtype=torch.float16), SD).dtype == torch.float32
+    net = _Recorder()
+    EDMPrecond(net, sigma_data=SD)(x64, sigma, None)
+    _, c_noise_seen, _, _ = net.calls[0]
+    assert c_noise_seen.dtype == torch.float64 and c_noise_seen.tolist() == [math.log(sigma) / 4] * 3
 
 
 def test_precond_tuple_passthrough():

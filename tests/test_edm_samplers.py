@@ -10,6 +10,7 @@ import torch
 
 from presto_ray.edm import (
     ClassifierFreeGuidance,
+    EDMPrecond,
     GaussianMixtureDenoiser,
     karras_sigmas,
     sample_pingpong,
@@ -186,6 +187,51 @@ def test_one_step_teacher_is_the_denoiser_at_sigma_max_and_progress_is_harmless(
     torch.testing.assert_close(
         sample_teacher(GAUSS, noise, sig, None, progress=True), sample_teacher(GAUSS, noise, sig, None)
     )
+
+
+def _algorithm1(denoise, noise, steps, smin, smax, rho):
+    """Karras et al. 2022, Algorithm 1 (deterministic Heun) in float64, written from the paper:
+    t_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, t_N = 0, x_0 = t_0 noise."""
+    t = [(smax ** (1 / rho) + i / (steps - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+         for i in range(steps)] + [0.0]
+    x = noise * t[0]
+    for i in range(steps):
+        d = (x - denoise(x, t[i])) / t[i]
+        x_next = x + (t[i + 1] - t[i]) * d
+        if t[i + 1] != 0:
+            d_prime = (x_next - denoise(x_next, t[i + 1])) / t[i + 1]
+            x_next = x + (t[i + 1] - t[i]) * (0.5 * d + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+class _MixtureNet(torch.nn.Module):
+    """The raw network F whose EDM preconditioning is MIX's exact denoiser:
+    F = (D(x, sigma) - c_skip x) / c_out with x = x_in / c_in and sigma = exp(4 c_noise)."""
+
+    def __init__(self, sd):
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, x_in, c_noise, cond):
+        assert x_in.dtype == c_noise.dtype == torch.float64
+        sigma = (4 * c_noise).exp()[:, None]
+        var = sigma**2 + self.sd**2
+        x = x_in * var.sqrt()
+        return (MIX(x, sigma[:, 0]) - self.sd**2 / var * x) / (sigma * self.sd / var.sqrt())
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_float64_heun_equals_algorithm_1_in_float64(wrapped):
+    """Sigma stays float64 from the schedule through the preconditioner to the network: the
+    sampler equals Algorithm 1 to 1e-12 (a sigma rounded to float32 on the way differs by ~1e-8)."""
+    noise = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    denoiser = EDMPrecond(_MixtureNet(0.5), sigma_data=0.5) if wrapped else MIX
+    out = sample_teacher(denoiser, noise, karras_sigmas(18, SMIN, SMAX, RHO, dtype=torch.float64), None)
+    reference = _algorithm1(lambda x, t: MIX(x, torch.full((x.shape[0],), t, dtype=torch.float64)),
+                            noise, 18, SMIN, SMAX, RHO)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
 
 
 def test_teacher_keeps_float64_and_shapes():

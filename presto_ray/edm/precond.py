@@ -8,7 +8,9 @@ D(x, sigma, c) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma),
 
 where sd = sigma_data. Every coefficient function accepts a tensor (or a python float) and
 returns a tensor of the same shape; broadcast a per-sample sigma [B] against x [B, ...] with
-:func:`expand_sigma`.
+:func:`expand_sigma`. Sigma keeps the caller's precision: a tensor's dtype promoted to at least
+float32 (never half precision), a python float as float64 in the coefficient functions and in
+x's dtype (at least float32) where it meets x, so a float64 sampler is float64 throughout.
 """
 
 from __future__ import annotations
@@ -23,17 +25,25 @@ if TYPE_CHECKING:
 
 
 def _t(value: Tensor | float) -> Tensor:
-    return value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float32)
+    """sigma as a tensor of at least float32: a tensor keeps its dtype (half precision promoted),
+    a python float becomes float64 (its own precision)."""
+    if not isinstance(value, Tensor):
+        return torch.as_tensor(value, dtype=torch.float64)
+    return value.to(torch.promote_types(value.dtype, torch.float32)) if value.is_floating_point() else value.double()
+
+
+def _sigma_dtype(x: Tensor) -> torch.dtype:
+    """x's dtype promoted to at least float32 (coefficients are never computed in half precision)."""
+    return torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
 
 
 def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
     """Noise levels as a [B] tensor on x's device (B = x.shape[0]).
 
     sigma: python float, 0-d tensor, [1] or [B] tensor. The dtype is x's dtype promoted to at
-    least float32 (coefficients are never computed in half precision).
+    least float32; a python float is converted straight to it (never through float32).
     """
-    dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
-    sigma = torch.as_tensor(sigma, device=x.device).to(dtype)
+    sigma = torch.as_tensor(sigma, dtype=_sigma_dtype(x), device=x.device)
     batch = x.shape[0]
     if sigma.ndim == 0 or sigma.numel() == 1:
         return sigma.reshape(1).expand(batch).clone()
@@ -44,8 +54,10 @@ def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
 
 def expand_sigma(sigma: Tensor | float, like: Tensor) -> Tensor:
     """Reshape a per-sample sigma [B] (or a scalar) to [B, 1, 1, ...] so it broadcasts against
-    ``like`` [B, ...]. A scalar gives a tensor of shape [1, 1, ...] (like.ndim dims)."""
-    sigma = torch.as_tensor(sigma, device=like.device)
+    ``like`` [B, ...]. A scalar gives a tensor of shape [1, 1, ...] (like.ndim dims). A tensor
+    keeps its dtype; a python float takes like's dtype promoted to at least float32."""
+    sigma = sigma.to(like.device) if isinstance(sigma, Tensor) else torch.as_tensor(
+        sigma, dtype=_sigma_dtype(like), device=like.device)
     if sigma.ndim == 0:
         return sigma.reshape([1] * max(like.ndim, 1))
     if sigma.ndim != 1:
