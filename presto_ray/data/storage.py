@@ -204,3 +204,17 @@ def delete_if_present(uri: str) -> None:
         with_retries(lambda: fs.delete_file(path), uri, what="deleting")
     except FileNotFoundError:
         pass
+
+
+def read_json_record(path: str | Path) -> dict:
+    """The JSON object in the local file ``path``, or {} when the file is missing or does not hold
+    complete JSON: for a run's own records (metrics.json, latency.json, curve.json) that a
+    resumed stage reads to decide what is left to do."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+

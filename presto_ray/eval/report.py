@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from presto_ray.data import storage
+
 log = logging.getLogger("presto_ray.report")
 
 LATENCY_COLUMNS = [("method", "method"), ("case", "case"), ("steps", "steps"), ("nfe", "NFE"),
@@ -213,9 +215,8 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         parts.append(f"<h2>Audio: {html.escape(folder.name)}</h2>" + "".join(audio_cell(w) for w in wavs))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part.html")
-    tmp.write_text(f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-                   f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    tmp.replace(out)
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    storage.write_bytes_atomic(str(out), page.encode())
     log.info("wrote %s", out)
     return out

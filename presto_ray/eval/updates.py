@@ -46,13 +46,6 @@ def _point(exported: Exported, metrics: dict) -> dict:
             **{k: metrics.get(k) for k in ("kad", "kad_ci", "recall", "recall_ci", "coverage", "coverage_ci")}}
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: int, reference: list[str] | None = None,
                  batch_size: int = 32, seed: int = 0, known: list[Path] = ()) -> dict:
     """Evaluate each checkpoint of the distill run at ``run_dir`` (one ``evaluate`` each, into
@@ -68,7 +61,7 @@ def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: 
     points = []
     for exported in exports:
         folder, export = out / f"step_{exported.step:08d}", str(exported.folder)
-        candidates = [_read(folder / "metrics.json")] + [_read(p) for p in known]
+        candidates = [storage.read_json_record(folder / "metrics.json")] + [storage.read_json_record(p) for p in known]
         done = next((c for c in candidates if c.get("model") == export and c.get("n_samples") == n
                      and c.get("seed", seed) == seed), {})
         if not done:
@@ -84,7 +77,7 @@ def update_curve(run_dir: str | Path, data_uri: str, out_dir: str | Path, *, n: 
 
 def curve_is_current(run_dir: str | Path, out_dir: str | Path, n: int) -> bool:
     """Whether ``out_dir/curve.json`` covers every checkpoint of the run at ``n`` clips."""
-    doc = _read(Path(out_dir) / "curve.json")
+    doc = storage.read_json_record(Path(out_dir) / "curve.json")
     return doc.get("n") == n and [p["step"] for p in doc.get("points", [])] == [
         e.step for e in checkpoint_exports(Path(run_dir))]
 

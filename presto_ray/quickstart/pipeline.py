@@ -158,13 +158,6 @@ def _write_json(path: Path, doc: dict) -> None:
     storage.write_bytes_atomic(str(path), json.dumps(doc, indent=2).encode())
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _wavs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.wav") if not p.name.endswith(".part.wav"))
 
@@ -275,7 +268,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
             run_evaluate(str(export), valid, folder, n=plan.eval_samples, sampling=c.sampling, reference=reference,
                          batch_size=plan.eval_batch)
 
-        done = _read_json(folder / "metrics.json") or {}
+        done = storage.read_json_record(folder / "metrics.json")
         wanted = c.sampling.resolved(exported[c.run])  # a changed teacher sampler makes its rows stale
         stages.run(f"evaluate {c.name}", done.get("model") == str(export) and done.get("n_samples") == plan.eval_samples
                    and all(done.get(k, "-") == v for k, v in wanted.items()), evaluate)
@@ -303,7 +296,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
         _write_json(latency_file, benchmark(models[0], models[1:], repeats=plan.latency_repeats,
                                             warmup=plan.latency_warmup, teacher_steps=plan.teacher_extra_steps))
 
-    timed = _read_json(latency_file) or {"entries": []}
+    timed = storage.read_json_record(latency_file) or {"entries": []}
     stages.run("benchmark", list(dict.fromkeys(e["model"] for e in timed["entries"])) == models, run_benchmark)
 
     metrics_file = out / "metrics.json"
@@ -313,10 +306,9 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     def results() -> None:
         doc = json.loads(metrics_file.read_text())
-        tmp = results_file.with_suffix(".part.md")
-        tmp.write_text(results_markdown(doc, title=f"presto_ray results ({cfg_name})", command=command,
-                                        date=time.strftime("%Y-%m-%d")))
-        tmp.replace(results_file)
+        text = results_markdown(doc, title=f"presto_ray results ({cfg_name})", command=command,
+                                date=time.strftime("%Y-%m-%d"))
+        storage.write_bytes_atomic(str(results_file), text.encode())
 
     stages.run("results", results_file.is_file() and not stages.ran, results)
 
