@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--out", default="generated", help="output folder for WAV files")
 
+    p = sub.add_parser("validate", help="check a shard set against its manifest: per-file table, exit 2 when anything is wrong",
+                       description="Reads every file of the shard set once and checks it against manifest.json: "
+                                   "presence, size, sha256, schema and fixed shapes, row counts, NaN/Inf in latents "
+                                   "and text states, empty captions, repeated ids and the latent statistics. Prints "
+                                   "one line per file and every problem; exit 0 when clean, 2 otherwise.")
+    p.add_argument("data", metavar="DATA", help="shard set folder (e.g. data/tiny/train; local path, file:// or s3://)")
+
     p = sub.add_parser("export", help="copy a checkpoint's safetensors export to a folder or bucket")
     p.add_argument("--checkpoint", required=True, help="checkpoint step folder or run folder")
     p.add_argument("--out", required=True, help="destination folder (local path, file:// or s3://)")
@@ -358,6 +365,16 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from presto_ray.data.validate import inspect_shards
+
+    report = inspect_shards(args.data)
+    print(report.table())
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 0 if report.ok else 2
+
+
 def cmd_export(args) -> int:
     from presto_ray.train.export import copy_export
 
@@ -426,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     from presto_ray.config import ConfigError
     from presto_ray.train.export import ExportError
 
-    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "report": cmd_report, "evaluate": cmd_evaluate, "generate": cmd_generate, "export": cmd_export,
+    handler = {"prepare": cmd_prepare, "train-teacher": cmd_train_teacher, "distill": cmd_distill, "benchmark": cmd_benchmark, "report": cmd_report, "evaluate": cmd_evaluate, "generate": cmd_generate, "validate": cmd_validate, "export": cmd_export,
                "quickstart": cmd_quickstart, "sweep": cmd_sweep}[args.command]
     t0 = time.perf_counter()
     try:

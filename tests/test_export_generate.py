@@ -126,8 +126,8 @@ def test_cli_generate_writes_wavs(tmp_path, cfg):
 def test_cli_help_and_errors(tmp_path):
     res = _cli("--help")
     assert res.returncode == 0
-    for command in ["prepare", "train-teacher", "distill", "evaluate", "benchmark", "report", "generate", "export",
-                    "sweep", "quickstart"]:
+    for command in ["prepare", "train-teacher", "distill", "evaluate", "benchmark", "report", "generate", "validate",
+                    "export", "sweep", "quickstart"]:
         assert command in res.stdout
     res = _cli("sweep")  # a sweep kind is required
     assert res.returncode == 2 and "layer-drop" in res.stderr and "loss-weights" in res.stderr

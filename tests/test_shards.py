@@ -14,6 +14,7 @@ import pytest
 
 from presto_ray.data import storage
 from presto_ray.data.shards import SCHEMA_VERSION, Manifest, ShardWriter, completed_files, read_manifest
+from presto_ray.cli import main
 from presto_ray.data.validate import ShardValidationError, check_against_model, validate_shards
 
 C, T, L, DT = 32, 128, 32, 384
@@ -161,11 +162,19 @@ def _rewrite_manifest(folder, change) -> None:
 
 def _put_nan_row(folder, name: str, row: int) -> None:
     """Rewrite shard ``name`` with NaN in ``row``'s latent and make the manifest agree on bytes/sha."""
+    def nan(r):
+        latent = np.frombuffer(r["latent"], "<f2").copy()
+        latent[0] = np.nan
+        r["latent"] = latent.tobytes()
+    _edit_row(folder, name, row, nan)
+
+
+def _edit_row(folder, name: str, row: int, edit) -> None:
+    """Rewrite shard ``name`` with ``edit(row dict)`` applied to ``row``; the manifest's bytes and
+    sha256 follow, so only the row's content is wrong."""
     table = pq.read_table(folder / name)
     rows = table.to_pylist()
-    latent = np.frombuffer(rows[row]["latent"], "<f2").copy()
-    latent[0] = np.nan
-    rows[row]["latent"] = latent.tobytes()
+    edit(rows[row])
     pq.write_table(table.from_pylist(rows, schema=table.schema), folder / name)
     data = (folder / name).read_bytes()
 
@@ -218,6 +227,34 @@ def test_validate_manifest_missing_or_garbled(tmp_path):
     (folder / "manifest.json").write_text("{\"schema_version\": 1")
     with pytest.raises(ValueError, match=r"manifest.json: manifest is not valid JSON"):
         validate_shards(str(folder))
+
+
+def test_validate_command_prints_a_table_and_exits_2_on_any_problem(tmp_path, capsys):
+    folder = tmp_path / "s"
+    write_folder(str(folder), make_rows(10))
+    assert main(["validate", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["file", "bytes", "sha256", "schema", "rows", "nan_rows", "empty_captions", "problems"]
+    assert [line.split()[2:] for line in lines[1:4]] == [["ok", "ok", str(n), "0", "0", "0"] for n in (4, 4, 2)]
+    assert lines[4] == "3 of 3 files checked, 10 rows in the manifest: clean" and len(lines) == 5
+
+    _edit_row(folder, "part-00000.parquet", 1, lambda r: r.update(caption="   "))
+    _flip_byte(folder)  # part-00001: same size, other bytes
+    _put_nan_row(folder, "part-00002.parquet", 1)
+    assert main(["validate", str(folder)]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:4]}
+    assert rows["part-00000.parquet"][1:] == ["ok", "ok", "4", "0", "1", "1"]
+    assert rows["part-00001.parquet"][1] == "differs"
+    assert rows["part-00002.parquet"][1:] == ["ok", "ok", "2", "1", "0", "1"]
+    problems = [line for line in lines if line.startswith("  - ")]
+    assert "  - part-00000.parquet: row 1 (id 'row-0001'): empty caption" in problems
+    assert "  - part-00001.parquet: sha256 differs from the manifest (corrupt or changed file)" in problems
+    assert "  - part-00002.parquet: row 1 (id 'row-0009'): latent has NaN/Inf values" in problems
+    assert lines[4].startswith("3 of 3 files checked, 10 rows in the manifest: ") and lines[4].endswith(" problems")
+
+    assert main(["validate", str(tmp_path / "nothing")]) == 2  # no manifest: one line naming it
+    assert "manifest.json" in capsys.readouterr().err
 
 
 def _interrupted(uri: str, rows: list[dict]) -> None:
