@@ -265,9 +265,9 @@ def test_plan_budget_schedule_and_case_labels():
     assert [configs[m].budget_schedule.budgets for m in ("presto-l", "presto-ls", "ase")] == [[6, 3]] * 3
     assert configs["presto-ls"].init == "/runs/presto-l" and configs["presto-s"].budget_schedule.budgets == []
     assert configs["cd"].generator.lr == cfg.distill.generator.lr == 1e-4  # the config's, by default
-    assert [configs[m].ttur for m in ("presto-s", "presto-ls", "dmd2")] == [2, 2, 2]  # presto-s: 300 updates in 600
+    assert [configs[m].ttur for m in ("presto-s", "presto-ls", "dmd2")] == [1, 1, 1]  # presto-s: 300 updates in 300
     assert configs["cd"].ttur == cfg.distill.ttur == 5
-    assert distill_config(cfg, Plan(), "presto-s", runs, runs / "teacher").train.checkpoint_every == 200  # 3 points
+    assert distill_config(cfg, Plan(), "presto-s", runs, runs / "teacher").train.checkpoint_every == 100  # 3 points
     assert Plan().steps_for("presto-s") // Plan().ttur["presto-s"] >= 300
     fast = distill_config(cfg, Plan(distill_lr=3e-4), "presto-s", runs, runs / "teacher").distill
     assert fast.generator.lr == fast.guidance.lr == 3e-4 and fast.generator.zero_stage == cfg.distill.generator.zero_stage

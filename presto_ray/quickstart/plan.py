@@ -19,17 +19,20 @@ BASELINES = ("dmd2", "ase", "cd")
 
 
 def _default_distill_steps() -> dict[str, int]:
-    # iterations; presto-s and dmd2 at ttur 2 (_default_ttur): 300 generator updates each, as cd;
-    # presto-ls 200 (presto-s's KAD was flat from 100 updates on, docs/results.md).
-    # Seconds on an idle 2-core CPU, with ~15 s of Ray Train start-up each: presto-l, ase ~6.5 it/s
-    # (60 s); presto-s, presto-ls, dmd2 ~3.1 it/s at ttur 5; cd ~3.3 it/s (135 s)
-    return {"presto-l": 300, "presto-s": 600, "presto-ls": 400, "dmd2": 600, "ase": 300, "cd": 300}
+    # iterations; presto-s, presto-ls and dmd2 at ttur 1 (_default_ttur): 300 generator updates
+    # each for presto-s and dmd2, as cd; presto-ls 200 (presto-s's KAD was flat from 100 updates
+    # on, docs/results.md). Seconds on an idle 2-core CPU, with ~15-20 s of Ray Train start-up each:
+    # presto-l, ase ~6.5 it/s (60 s); presto-s ~1.9 it/s at ttur 2, ~3.1 it/s at ttur 5; cd
+    # ~3.3 it/s (135 s)
+    return {"presto-l": 300, "presto-s": 300, "presto-ls": 200, "dmd2": 300, "ase": 300, "cd": 300}
 
 
 def _default_ttur() -> dict[str, int]:
     # guidance updates per generator update: the paper's 5 would need 1500 iterations for 300
-    # generator updates, about 8 minutes per student on 2 cores; 2 fits the quickstart's budget
-    return {"presto-s": 2, "presto-ls": 2, "dmd2": 2}
+    # generator updates, about 8 minutes per student on 2 cores; at 2 (600 iterations) presto-s
+    # alone took 337 s of the quickstart. 1 fits the 20-minute budget best; the KAD-against-updates
+    # curve shows whether the fake score keeps up.
+    return {"presto-s": 1, "presto-ls": 1, "dmd2": 1}
 
 
 @dataclass(frozen=True)
