@@ -122,11 +122,15 @@ class DataConfig(_Section):
     """Where training examples come from. ``tones``: a small in-memory set of synthesised tone
     sequences, encoded with the real codec and text encoder (tests and smoke runs). ``shards``:
     Parquet latent shards with a manifest at ``uri`` (local path, file:// or s3://), as written by
-    ``presto-ray prepare``; ``on_bad_rows`` says whether a NaN row fails the run or is skipped."""
+    ``presto-ray prepare``; ``on_bad_rows`` says whether a NaN row fails the run or is skipped;
+    ``verify`` how the shard files are checked against the manifest before training reads them:
+    ``checksum`` (size and sha256 of every file, one streamed read per run), ``size`` (sizes only)
+    or ``off``."""
 
     source: Literal["tones", "shards"] = "tones"
     uri: str | None = None
     on_bad_rows: Literal["raise", "skip"] = "raise"
+    verify: Literal["checksum", "size", "off"] = "checksum"
     num_examples: int = 256
     seed: int = 0
     shuffle_buffer: int = 64

@@ -182,3 +182,45 @@ def test_reader_fails_fast_on_missing_file_and_unknown_column(ray_cluster, tmp_p
     (folder / "part-00001.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="part-00001.parquet"):
         training_dataset(str(folder), seed=0, epoch=0)
+
+
+def test_checksums_verified_on_the_read_path_or_sizes_only_counted(ray_cluster, tmp_path, caplog):
+    folder = tmp_path / "s"
+    manifest = write(str(folder), make_rows(10))
+    path = folder / "part-00001.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: a size check cannot see it
+    path.write_bytes(bytes(data))
+    digest = hashlib.sha256(bytes(data)).hexdigest()
+
+    with pytest.raises(ValueError) as err:
+        training_dataset(str(folder), seed=0, epoch=0)  # data.verify defaults to checksum
+    assert str(err.value).startswith(f"shard file part-00001.parquet in {folder}: sha256 {digest}, "
+                                     f"the manifest says {manifest.files[1].sha256}")
+    with caplog.at_level("WARNING", logger="presto_ray.data"):
+        training_dataset(str(folder), seed=0, epoch=0, verify="size")
+    assert f"data.verify=size: 3 shard files of {folder} not checksum-verified" in caplog.text
+    training_dataset(str(folder), seed=0, epoch=0, verify="off")
+    with pytest.raises(ValueError, match="data.verify must be one of"):
+        training_dataset(str(folder), seed=0, epoch=0, verify="sha1")
+
+
+def test_training_reads_follow_data_verify(ray_cluster, tmp_path):
+    from presto_ray.config import ConfigError, load_config
+    from presto_ray.train.teacher import shard_dataset
+
+    folder = tmp_path / "s"
+    write(str(folder), make_rows(6))
+    doc = json.loads((folder / "manifest.json").read_text())
+    doc["files"][0]["sha256"] = "0" * 64  # a manifest whose checksum no longer matches its (intact) file
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    shapes = ["model.latent_channels=32", "model.latent_frames=128", "text.max_tokens=32", "model.text_dim=384",
+              "data.source=shards", f"data.uri={folder}"]
+    cfg = load_config("tiny", shapes)
+    assert cfg.data.verify == "checksum"
+    with pytest.raises(ValueError, match=f"part-00000.parquet .*the manifest says {'0' * 64}"):
+        shard_dataset(cfg)
+    ds, _ = shard_dataset(load_config("tiny", [*shapes, "data.verify=size"]))
+    assert ds.count() == 6
+    with pytest.raises(ConfigError, match="data.verify"):
+        load_config("tiny", ["data.verify=sha1"])

@@ -13,6 +13,9 @@ Bad rows (NaN/Inf in ``latent`` or ``text_states``) either stop the read with th
 named (``on_bad_rows="raise"``), or are dropped (``"skip"``): each dropped row is logged on the
 worker and counted in a :class:`BadRowCounter` (a small Ray actor) the caller may pass in, since the
 filtering runs in Ray tasks and a plain Python counter there would not reach the caller.
+
+Before the dataset is built, :func:`check_files` checks the files against the manifest as
+``verify`` (``data.verify``) says: ``checksum`` (sizes and sha256, the default), ``size`` or ``off``.
 """
 
 from __future__ import annotations
@@ -126,8 +129,32 @@ def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], column
     return {k: v[~bad] for k, v in out.items()}
 
 
-def check_files(uri: str, manifest: Manifest) -> None:
-    """Every file of the manifest exists with its recorded size; errors name the file (one listing)."""
+VERIFY_MODES = ("checksum", "size", "off")
+
+
+@ray.remote(num_cpus=1)
+def _sha256(uri: str) -> str:
+    return storage.sha256(uri)
+
+
+def check_files(uri: str, manifest: Manifest, verify: Literal["checksum", "size", "off"] = "checksum") -> None:
+    """Check the files of ``manifest`` at ``uri`` as ``verify`` says; errors name the file.
+
+    ``size``: every file exists with its recorded size (one listing); how many files were not
+    checksum-verified is logged. ``checksum``: that, then each file's sha256 against the manifest (a
+    mismatch raises ValueError with the file and both digests). ``off``: nothing.
+
+    Checksums are computed once per file before use, not while Ray Data reads: its Parquet reader
+    fetches the footer and the byte ranges of the projected columns only, so the bytes it reads are
+    not the whole file and cannot be hashed as they pass. Each file is instead streamed through
+    sha256 in fixed-size chunks (:func:`storage.sha256`: one chunk in memory, never a whole file) by
+    a Ray task of its own, in parallel and on the cluster's nodes rather than through the driver. The
+    cost is one sequential read of the set per run (not per epoch); docs/benchmarks.md measures it.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"data.verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if verify == "off":
+        return
     fs, base = storage.resolve(uri)
     paths = [f"{base}/{f.name}" for f in manifest.files]
     infos = storage.with_retries(lambda: fs.get_file_info(paths), uri, what="listing")
@@ -136,19 +163,31 @@ def check_files(uri: str, manifest: Manifest) -> None:
             raise FileNotFoundError(f"shard file {entry.name} listed in {uri}/manifest.json is missing")
         if info.size != entry.bytes:
             raise ValueError(f"shard file {entry.name} in {uri} has {info.size} bytes, the manifest says {entry.bytes}")
+    if verify == "size":
+        log.warning("data.verify=size: %d shard files of %s not checksum-verified (sizes only)",
+                    len(manifest.files), uri)
+        return
+    digests = ray.get([_sha256.remote(storage.join(uri, f.name)) for f in manifest.files])
+    for entry, digest in zip(manifest.files, digests):
+        if digest != entry.sha256:
+            raise ValueError(f"shard file {entry.name} in {uri}: sha256 {digest}, the manifest says {entry.sha256} "
+                             "(corrupt or changed file; `presto-ray validate` checks the whole set)")
+    log.info("data.verify=checksum: %d shard files of %s match the manifest's sha256", len(manifest.files), uri)
 
 
 def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] = TRAIN_COLUMNS,
                      on_bad_rows: Literal["raise", "skip"] = "raise", bad_rows: BadRowCounter | None = None,
-                     preserve_order: bool = False) -> tuple[ray.data.Dataset, "Manifest"]:
+                     preserve_order: bool = False, verify: Literal["checksum", "size", "off"] = "checksum",
+                     ) -> tuple[ray.data.Dataset, "Manifest"]:
     """(Dataset, Manifest) of the shards at ``uri`` with only ``columns``: latent [C, T] float16,
     text_states [L, Dt] float16, text_mask [L] bool, bpm float32 (and any other shard column asked
     for), so ``iter_torch_batches`` yields latent [B, C, T], text_states [B, L, Dt], text_mask [B, L].
 
     The first execution reads files in :func:`shuffled_files` order for (seed, epoch), each later
     execution in the next epoch's order (:class:`EpochFileShuffle`); ``preserve_order`` keeps that
-    order in the output (otherwise blocks come as tasks finish). Missing files or size mismatches
-    fail here, naming the file. Bad rows: see the module docstring; ``bad_rows`` counts the skips.
+    order in the output (otherwise blocks come as tasks finish). Files are checked here as
+    ``verify`` says (:func:`check_files`), failing with the file named. Bad rows: see the module
+    docstring; ``bad_rows`` counts the skips.
     Check the manifest against the model with ``validate.check_against_model`` before training."""
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}")
@@ -158,7 +197,7 @@ def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] 
     unknown = [c for c in columns if c not in known]
     if unknown:
         raise ValueError(f"columns {unknown} are not in the shards at {uri} (they hold {sorted(known)})")
-    check_files(uri, manifest)
+    check_files(uri, manifest, verify)
     fs, base = storage.resolve(uri)
     read_columns = list(dict.fromkeys([*columns, "id"]))
     ds = ray.data.read_parquet([f"{base}/{f.name}" for f in manifest.files], filesystem=fs, columns=read_columns,

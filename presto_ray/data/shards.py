@@ -228,7 +228,7 @@ def _completed_parts(uri: str, identity: dict | None, verify: bool) -> dict[str,
             continue
         if name not in files or files[name].size != info["bytes"]:
             continue
-        if verify and hashlib.sha256(storage.read_bytes(storage.join(uri, name))).hexdigest() != info["sha256"]:
+        if verify and storage.sha256(storage.join(uri, name)) != info["sha256"]:
             log.warning("shard %s/%s does not match its recorded sha256; it will be rewritten", uri, name)
             continue
         parts[name] = info

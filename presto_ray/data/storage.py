@@ -161,6 +161,23 @@ def read_bytes(uri: str) -> bytes:
     return with_retries(read, uri, what="reading")
 
 
+def sha256(uri: str, chunk_bytes: int = 4 << 20) -> str:
+    """Hex sha256 of the object/file at ``uri``, streamed in ``chunk_bytes`` pieces (memory: one
+    chunk, whatever the file's size); transient S3 errors retried (the hash restarts)."""
+    import hashlib
+
+    fs, path = resolve(uri)
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(chunk_bytes):
+                h.update(chunk)
+        return h.hexdigest()
+
+    return with_retries(digest, uri, what="hashing")
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` so that ``uri`` shows either its old state or all of ``data``, never a part:
     local: temporary name in the same folder + fsync + rename; S3: upload to ``_staging/`` next to

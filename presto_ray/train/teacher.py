@@ -62,16 +62,19 @@ def resume_epoch(cfg: PrestoConfig) -> int:
     return 0
 
 
-def shard_dataset(cfg: PrestoConfig, bad_rows=None, first_epoch: int = 0) -> tuple[ray.data.Dataset, LatentStats]:
+def shard_dataset(cfg: PrestoConfig, bad_rows=None, first_epoch: int = 0,
+                  verify: bool = True) -> tuple[ray.data.Dataset, LatentStats]:
     """Prepared Parquet shards (cfg.data.source == "shards"), checked against the model config, read
     in epoch ``first_epoch``'s file order first and the next epoch's at each later pass.
     bad_rows: a :class:`~presto_ray.data.reader.BadRowCounter` counting rows skipped with
-    data.on_bad_rows=skip."""
+    data.on_bad_rows=skip; verify: check the files as data.verify says (False: files this process
+    has just checked)."""
     from presto_ray.data.reader import training_dataset
     from presto_ray.data.validate import check_against_model
 
     ds, manifest = training_dataset(cfg.data.uri, seed=cfg.train.seed, epoch=first_epoch,
-                                    on_bad_rows=cfg.data.on_bad_rows, bad_rows=bad_rows)
+                                    on_bad_rows=cfg.data.on_bad_rows, bad_rows=bad_rows,
+                                    verify=cfg.data.verify if verify else "off")
     check_against_model(manifest, cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens,
                         cfg.model.text_dim)
     return ds, manifest.latent_stats(cfg.edm.sigma_data)
@@ -87,7 +90,7 @@ def training_data(cfg: PrestoConfig) -> TrainingData:
     bad_rows = BadRowCounter() if cfg.data.on_bad_rows == "skip" else None
     first_epoch = resume_epoch(cfg)
     dataset, stats = shard_dataset(cfg, bad_rows, first_epoch)
-    probe, _ = shard_dataset(cfg, None, first_epoch)
+    probe, _ = shard_dataset(cfg, None, first_epoch, verify=False)  # the same files, just checked
     return TrainingData(dataset, probe, stats, bad_rows)
 
 
