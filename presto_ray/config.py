@@ -122,10 +122,10 @@ class DataConfig(_Section):
     """Where training examples come from. ``tones``: a small in-memory set of synthesised tone
     sequences, encoded with the real codec and text encoder (tests and smoke runs). ``shards``:
     Parquet latent shards with a manifest at ``uri`` (local path, file:// or s3://), as written by
-    ``presto-ray prepare``; ``on_bad_rows`` says whether a NaN row fails the run or is skipped;
-    ``verify`` how the shard files are checked against the manifest before training reads them:
-    ``checksum`` (size and sha256 of every file, one streamed read per run), ``size`` (sizes only)
-    or ``off``."""
+    ``presto-ray prepare``; ``on_bad_rows`` says whether a row with NaN/Inf or an empty caption
+    fails the run (naming the file and row id) or is skipped and counted; ``verify`` how the shard
+    files are checked against the manifest before training reads them: ``checksum`` (size and
+    sha256 of every file, one streamed read per run), ``size`` (sizes only) or ``off``."""
 
     source: Literal["tones", "shards"] = "tones"
     uri: str | None = None

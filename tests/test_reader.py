@@ -139,13 +139,12 @@ def test_a_relaunched_run_reads_its_checkpoint_epochs_file_order_first(ray_clust
     assert seen == shuffled_files([f.name for f in manifest.files], 7, 2)
 
 
-def _put_nan_row(folder, name: str, row: int) -> str:
-    """Rewrite shard ``name`` with NaN in one latent value of ``row`` (manifest kept consistent)."""
+def _edit_row(folder, name: str, row: int, edit) -> str:
+    """Rewrite shard ``name`` with ``edit(row dict)`` applied to ``row`` (manifest kept consistent);
+    returns the row's id."""
     table = pq.read_table(folder / name)
     rows = table.to_pylist()
-    latent = np.frombuffer(rows[row]["latent"], "<f2").copy()
-    latent[7] = np.nan
-    rows[row]["latent"] = latent.tobytes()
+    edit(rows[row])
     pq.write_table(table.from_pylist(rows, schema=table.schema), folder / name)
     data = (folder / name).read_bytes()
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -153,6 +152,15 @@ def _put_nan_row(folder, name: str, row: int) -> str:
     entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return rows[row]["id"]
+
+
+def _put_nan_row(folder, name: str, row: int) -> str:
+    """Rewrite shard ``name`` with NaN in one latent value of ``row``."""
+    def nan(r):
+        latent = np.frombuffer(r["latent"], "<f2").copy()
+        latent[7] = np.nan
+        r["latent"] = latent.tobytes()
+    return _edit_row(folder, name, row, nan)
 
 
 def test_bad_rows_raise_or_skip_and_count(ray_cluster, tmp_path):
@@ -172,6 +180,25 @@ def test_bad_rows_raise_or_skip_and_count(ray_cluster, tmp_path):
     ids = [i for b in ds.iter_batches(batch_size=4, batch_format="numpy") for i in b["id"]]
     assert sorted(ids) == [f"r{i:03d}" for i in range(10) if i != 6]
     assert counter.count() == 1 and counter.by_file() == {"part-00001.parquet": 1}
+
+
+def test_empty_captions_raise_or_skip_and_count(ray_cluster, tmp_path):
+    folder = tmp_path / "s"
+    write(str(folder), make_rows(10))
+    assert _edit_row(folder, "part-00002.parquet", 1, lambda r: r.update(caption="  ")) == "r009"
+
+    # the caption is not a training column, yet an empty one is found
+    ds, _ = training_dataset(str(folder), seed=0, epoch=0, on_bad_rows="raise")
+    with pytest.raises(Exception, match=r"shard file part-00002.parquet: row id 'r009' has an empty caption"):
+        for _ in ds.iter_torch_batches(batch_size=4):
+            pass
+
+    counter = BadRowCounter()
+    ds, _ = training_dataset(str(folder), seed=0, epoch=0, columns=[*TRAIN_COLUMNS, "id"], on_bad_rows="skip",
+                             bad_rows=counter)
+    ids = [i for b in ds.iter_batches(batch_size=4, batch_format="numpy") for i in b["id"]]
+    assert sorted(ids) == [f"r{i:03d}" for i in range(9)]
+    assert counter.by_file() == {"part-00002.parquet": 1}
 
 
 def test_reader_fails_fast_on_missing_file_and_unknown_column(ray_cluster, tmp_path):

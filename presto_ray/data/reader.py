@@ -9,8 +9,8 @@ seed, e)`` order, and a relaunch that resumes at epoch e (``first_epoch=e``) rea
 the uninterrupted run would have. The per-row shuffle is left to the consumer's local shuffle buffer
 (``iter_torch_batches(local_shuffle_buffer_size=...)``).
 
-Bad rows (NaN/Inf in ``latent`` or ``text_states``) either stop the read with the file and row id
-named (``on_bad_rows="raise"``), or are dropped (``"skip"``): each dropped row is logged on the
+Bad rows (NaN/Inf in ``latent`` or ``text_states``, or an empty caption) either stop the read with
+the file and row id named (``on_bad_rows="raise"``), or are dropped (``"skip"``): each dropped row is logged on the
 worker and counted in a :class:`BadRowCounter` (a small Ray actor) the caller may pass in, since the
 filtering runs in Ray tasks and a plain Python counter there would not reach the caller.
 
@@ -100,7 +100,8 @@ class EpochFileShuffle(FileShuffleConfig):
 def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], columns: list[str], on_bad_rows: str,
                   counter: BadRowCounter | None) -> dict[str, np.ndarray]:
     """Arrow batch of shard columns -> numpy columns: latent [B, C, T] float16, text_states
-    [B, L, Dt] float16, text_mask [B, L] bool, bpm [B] float32 ...; bad rows raise or are dropped."""
+    [B, L, Dt] float16, text_mask [B, L] bool, bpm [B] float32 ...; bad rows (NaN/Inf, empty
+    caption) raise or are dropped."""
     out = {}
     for col in columns:
         if col in shapes:
@@ -108,22 +109,25 @@ def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], column
         else:
             out[col] = batch.column(col).to_numpy(zero_copy_only=False)
     n = batch.num_rows
-    bad = np.zeros(n, dtype=bool)
+    nonfinite = np.zeros(n, dtype=bool)
     for col in ("latent", "text_states"):
         if col in out:
-            bad |= ~np.isfinite(out[col].reshape(n, -1)).all(axis=1)
+            nonfinite |= ~np.isfinite(out[col].reshape(n, -1)).all(axis=1)
+    empty = np.array([not (c or "").strip() for c in batch.column("caption").to_pylist()], dtype=bool)
+    bad = nonfinite | empty
     if not bad.any():
         return out
     files = [p.rsplit("/", 1)[-1] for p in batch.column(PATH_COLUMN).to_pylist()]
     ids = batch.column("id").to_pylist()
+    reasons = np.where(nonfinite, "NaN/Inf in latent or text_states", "an empty caption")
     if on_bad_rows == "raise":
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"shard file {files[i]}: row id '{ids[i]}' has NaN/Inf in latent or text_states "
+        raise ValueError(f"shard file {files[i]}: row id '{ids[i]}' has {reasons[i]} "
                          "(on_bad_rows='raise'; use 'skip' to drop such rows)")
     counts: dict[str, int] = {}
     for i in np.flatnonzero(bad):
         counts[files[i]] = counts.get(files[i], 0) + 1
-        log.warning("skipping row id '%s' of %s: NaN/Inf in latent or text_states", ids[i], files[i])
+        log.warning("skipping row id '%s' of %s: %s", ids[i], files[i], reasons[i])
     if counter is not None:
         counter.add(counts)
     return {k: v[~bad] for k, v in out.items()}
@@ -199,7 +203,7 @@ def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] 
         raise ValueError(f"columns {unknown} are not in the shards at {uri} (they hold {sorted(known)})")
     check_files(uri, manifest, verify)
     fs, base = storage.resolve(uri)
-    read_columns = list(dict.fromkeys([*columns, "id"]))
+    read_columns = list(dict.fromkeys([*columns, "id", "caption"]))  # id names bad rows; caption: empty ones
     ds = ray.data.read_parquet([f"{base}/{f.name}" for f in manifest.files], filesystem=fs, columns=read_columns,
                                include_paths=True, file_extensions=None, shuffle=EpochFileShuffle(seed, epoch))
     if preserve_order:
