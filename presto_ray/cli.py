@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 
@@ -41,6 +42,28 @@ def _positive_list(text: str) -> tuple[int, ...]:
     return tuple(_positive(v.strip()) for v in text.split(",") if v.strip())
 
 
+def user_error(err: BaseException) -> BaseException:
+    """The exception our code raised, taken out of Ray's wrappers, so that the CLI sees its own type
+    and message: a RayTaskError's ``cause`` (a Ray task, or a Ray Data operator raising the original
+    error, as the training reader's BadRowError does), Ray Train's WorkerGroupError (the lowest
+    failed rank's error) and ControllerError (``controller_failure``), nested in any order. Only
+    Ray's wrappers are opened: an error of ours raised ``from`` another keeps its own message.
+    Anything else comes back as it is."""
+    from ray.exceptions import RayError
+    from ray.train import ControllerError, WorkerGroupError
+
+    for _ in range(16):  # wrappers nest a few deep (Train -> task -> Data); never loop forever
+        if isinstance(err, WorkerGroupError) and err.worker_failures:
+            err = err.worker_failures[min(err.worker_failures)]
+        elif isinstance(err, ControllerError):
+            err = err.controller_failure
+        elif isinstance(err, RayError) and getattr(err, "cause", None) is not None:
+            err = err.cause
+        else:
+            return err
+    return err
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", help="YAML config file or preset name (tiny, small, paper); default tiny")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides, e.g. model.depth=8")
@@ -50,6 +73,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="presto-ray", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="on an input error, print the traceback as well as the one-line message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train-teacher", help="train the EDM teacher on Ray Train + DeepSpeed (resumes by run name)")
@@ -448,7 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         code = handler(args)
-    except (ConfigError, ExportError, OSError, ValueError) as err:  # OSError: storage, named by URI
+    except Exception as wrapped:  # noqa: BLE001 - input errors become one line, others propagate
+        err = user_error(wrapped)
+        if not isinstance(err, (ConfigError, ExportError, OSError, ValueError)):  # OSError: storage, named by URI
+            raise
+        if args.verbose:
+            traceback.print_exception(wrapped, file=sys.stderr)
         print(f"presto-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
     logging.getLogger("presto_ray").info("%s finished in %.1f s", args.command, time.perf_counter() - t0)

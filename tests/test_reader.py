@@ -170,7 +170,7 @@ def test_bad_rows_raise_or_skip_and_count(ray_cluster, tmp_path):
     assert bad_id == "r006"
 
     ds, _ = training_dataset(str(folder), seed=0, epoch=0, on_bad_rows="raise")
-    with pytest.raises(Exception, match=r"part-00001.parquet: row id 'r006' has NaN/Inf"):
+    with pytest.raises(ValueError, match=r"part-00001.parquet: row id 'r006' has NaN/Inf"):
         for _ in ds.iter_torch_batches(batch_size=4):
             pass
 
@@ -189,7 +189,7 @@ def test_empty_captions_raise_or_skip_and_count(ray_cluster, tmp_path):
 
     # the caption is not a training column, yet an empty one is found
     ds, _ = training_dataset(str(folder), seed=0, epoch=0, on_bad_rows="raise")
-    with pytest.raises(Exception, match=r"shard file part-00002.parquet: row id 'r009' has an empty caption"):
+    with pytest.raises(ValueError, match=r"shard file part-00002.parquet: row id 'r009' has an empty caption"):
         for _ in ds.iter_torch_batches(batch_size=4):
             pass
 

@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import ray
 import ray.data
 from ray.data import FileShuffleConfig
+from ray.exceptions import UserCodeException
 
 from presto_ray.data import storage
 from presto_ray.data.batch import TRAIN_COLUMNS
@@ -97,6 +98,21 @@ class EpochFileShuffle(FileShuffleConfig):
         return epoch_seed(self.seed, self.first_epoch + execution_idx)
 
 
+class BadRowError(ValueError, UserCodeException):
+    """A bad shard row, named by file and row id. To our CLI a ValueError (one line, exit 2); to Ray
+    Data a UserCodeException, so that, with ``raise_original_map_exception`` set on the reader's
+    datasets, it arrives as itself (not as a UserCodeException whose cause is lost in transit) and
+    without an internal-error traceback. ``str()`` is the message as raised: Ray appends its retry
+    advice to ``args``."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], columns: list[str], on_bad_rows: str,
                   counter: BadRowCounter | None) -> dict[str, np.ndarray]:
     """Arrow batch of shard columns -> numpy columns: latent [B, C, T] float16, text_states
@@ -122,7 +138,7 @@ def _decode_batch(batch: pa.Table, *, shapes: dict[str, tuple[int, ...]], column
     reasons = np.where(nonfinite, "NaN/Inf in latent or text_states", "an empty caption")
     if on_bad_rows == "raise":
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"shard file {files[i]}: row id '{ids[i]}' has {reasons[i]} "
+        raise BadRowError(f"shard file {files[i]}: row id '{ids[i]}' has {reasons[i]} "
                          "(on_bad_rows='raise'; use 'skip' to drop such rows)")
     counts: dict[str, int] = {}
     for i in np.flatnonzero(bad):
@@ -212,4 +228,6 @@ def training_dataset(uri: str, *, seed: int, epoch: int, columns: Sequence[str] 
               "text_mask": (manifest.text_shape[0],)}
     decode = functools.partial(_decode_batch, shapes=shapes, columns=columns, on_bad_rows=on_bad_rows,
                                counter=bad_rows)
-    return ds.map_batches(decode, batch_format="pyarrow", zero_copy_batch=True), manifest
+    ds = ds.map_batches(decode, batch_format="pyarrow", zero_copy_batch=True)
+    ds.context.raise_original_map_exception = True  # a BadRowError reaches the caller as itself
+    return ds, manifest

@@ -67,6 +67,19 @@ def list_dir(uri: str) -> list[str]:
     return sorted(Path(i.path).name for i in infos)
 
 
+def check_reachable(uri: str, what: str = "storage") -> None:
+    """Refuse ``uri`` before any work is done when it cannot be reached: for ``s3://`` its bucket
+    must exist and answer (one request; transient errors retried); a local path needs nothing, its
+    folders are created. Raises FileNotFoundError (missing bucket) or OSError naming ``what`` and ``uri``."""
+    if not is_remote(uri):
+        return
+    fs, path = resolve(uri)
+    bucket = path.split("/", 1)[0]
+    info = with_retries(lambda: fs.get_file_info(bucket), uri, what=f"reaching {what}")
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{what} '{uri}': bucket '{bucket}' does not exist (or these credentials cannot see it)")
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *parts])
 

@@ -81,7 +81,11 @@ def shard_dataset(cfg: PrestoConfig, bad_rows=None, first_epoch: int = 0,
 
 
 def training_data(cfg: PrestoConfig) -> TrainingData:
-    """The training data of ``cfg.data``: shards (resuming the run's file-order epochs) or the melody set."""
+    """The training data of ``cfg.data``: shards (resuming the run's file-order epochs) or the melody
+    set. The run's storage is checked first: a missing bucket is refused before any data is read."""
+    from presto_ray.data import storage
+
+    storage.check_reachable(cfg.run.storage_path, "run storage (run.storage_path)")
     if cfg.data.source != "shards":
         dataset, stats = tone_dataset(cfg)
         return TrainingData(dataset, dataset, stats, None)
