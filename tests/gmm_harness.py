@@ -21,9 +21,9 @@ seed 0 unless said; docs/results.md, "The analytic floor (issue #18)"):
   precision: the teacher is exact but the fake score is an MLP that starts from the copy, so where
   it cannot reproduce the exact denoiser the DMD gradient g = (m_fake - m_real) / |x_hat - m_real|
   is not 0 even for a generator equal to the data (mean |g| 0.37 for this copy, 0.95 for sigma in
-  0.05-0.2, the components' scale; 0.13 after 3000 steps). On the ring a 3000-step copy (with the
-  fake score's lr 1e-3) took 1-step / 4-step / pooled MMD^2 from 20 / 45 / 10x the floor to
-  15 / 13 / 4x. It is not the default because on "three" the same accurate copy collapsed the
+  0.05-0.2, the components' scale; 0.13-0.18 after 3000 steps). On the ring a 3000-step copy (with
+  the fake score's lr 1e-3) took 1-step / 4-step / pooled MMD^2 from 20 / 45 / 10x the floor to
+  11-20 / 10-18 / 4-7x (seeds 0-2; 4 steps below 1 step in each). It is not the default because on "three" the same accurate copy collapsed the
   sampled levels onto the heaviest component (1 and 4 steps ~470x) with the pooled output at 7x;
   an exact-regressed copy collapses the same way (1 step, 3 seeds of 3): such a copy outputs
   nearly the data mean for every input at sigma >= 10, so the generator starts with no spread there,

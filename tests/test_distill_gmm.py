@@ -26,7 +26,7 @@ the 1-step distance on both mixtures, 3 seeds; the rest of the gap to the floor 
 precision.) A single-level DMD / DMD2 generator and consistency distillation do not have this
 freedom. The ring's Presto-S run is marked slow.
 
-Issue #18 follow-up (seed 0 each, x floor under this kernel; docs/results.md, "The analytic floor"):
+Issue #18 follow-up (x floor under this kernel; docs/results.md, "The analytic floor"):
 - Not the kernel: with one RBF at the data's median pairwise distance (KAD's choice, ~1.0 here) the
   ring's 4-step sample is further from the floor, not nearer (65x against 45x; 1 step 3.8x): its
   component weights are off by up to 0.07 of 0.125, which a broad kernel weighs most; the test's
@@ -34,7 +34,8 @@ Issue #18 follow-up (seed 0 each, x floor under this kernel; docs/results.md, "T
 - The precision is set by the copy: the fake score starts from it and the teacher is exact, so its
   fitting error is a DMD gradient a perfect generator would still get (mean |g| 0.37 with the
   800-step copy, 0.95 for sigma 0.05-0.2; 0.13 with a 3000-step copy). On the ring the 3000-step
-  copy (with the fake score's lr 1e-3) gave 1 / 4 steps / pooled 15 / 13 / 4x (from 20 / 45 / 10x).
+  copy (with the fake score's lr 1e-3) gave 1 / 4 steps / pooled 11-20 / 10-18 / 4-7x over seeds
+  0-2 (from 20 / 45 / 10x at seed 0): 4 steps below 1 step in each, none within 5x.
 - But on "three" the same accurate copy collapses the sampled levels onto the heaviest component
   (1 and 4 steps ~470x, the 0.47 level 360x) while the pooled output stays at 7x: the level-blind
   fake score lets the other levels compensate in the pool. So the issue's targets stay a strict
