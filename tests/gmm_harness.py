@@ -29,8 +29,8 @@ seed 0 unless said; docs/results.md, "The analytic floor (issue #18)"):
   nearly the data mean for every input at sigma >= 10, so the generator starts with no spread there,
   and the level-blind fake score lets the other levels compensate in the pool.
 - The fake score's lr is 2e-4 (measured over 3 seeds). 1e-3 halved the ring's 4-step figure
-  (45x -> 24x the floor, the 0.47 level 39x -> 22x, 1 step 20x -> 23x) but is not measured on
-  "three".
+  (45x -> 24x the floor, the 0.47 level 39x -> 22x, 1 step 20x -> 23x) and "three"'s (35x -> 17x,
+  1 step 16x both), seed 0 only.
 - Not the cause (ring): width 128 (the copy's error stays 0.034: it is the fit, not the capacity),
   fitting the copy at LogNormal(-1.2, 1.2), and p_dmd = p_dsm = p_gan = the copy's own fitting
   distribution LogNormal(-0.5, 1.5) (1 / 4 steps 22 / 22x against 23 / 24x).
