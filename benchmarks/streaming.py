@@ -29,12 +29,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def write_shards(uri: str, cfg, rows: int) -> None:
+def write_shards(uri: str, cfg, rows: int, rows_per_shard: int = 256) -> None:
+    """A synthetic shard set at ``uri``: ``rows`` rows of ``cfg``'s shapes, random values."""
     from presto_ray.data.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     C, T, L, D = cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens, cfg.model.text_dim
-    with ShardWriter(uri, rows_per_shard=256, latent_shape=(C, T), text_shape=(L, D),
+    with ShardWriter(uri, rows_per_shard=rows_per_shard, latent_shape=(C, T), text_shape=(L, D),
                      codec_identity={"name": "synthetic"}, text_identity={"name": "synthetic"},
                      verify_existing=False) as writer:
         for i in range(rows):

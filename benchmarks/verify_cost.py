@@ -20,29 +20,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
-
-import numpy as np
+from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # streaming.py's synthetic shard writer
 
 
 def write_synthetic(uri: str, rows: int, files: int) -> None:
     from presto_ray.config import load_config
-    from presto_ray.data.shards import ShardWriter
+    from streaming import write_shards
 
-    cfg = load_config("tiny")
-    rng = np.random.default_rng(0)
-    C, T, L, D = cfg.model.latent_channels, cfg.model.latent_frames, cfg.text.max_tokens, cfg.model.text_dim
-    with ShardWriter(uri, rows_per_shard=-(-rows // files), latent_shape=(C, T), text_shape=(L, D),
-                     codec_identity={"name": "synthetic"}, text_identity={"name": "synthetic"},
-                     verify_existing=False) as writer:
-        for i in range(rows):
-            writer.add({"id": f"row-{i:06d}", "latent": rng.standard_normal((C, T)).astype(np.float16),
-                        "caption": "a synthetic benchmark row", "text_states": rng.standard_normal((L, D)).astype(np.float16),
-                        "text_mask": np.ones(L, bool), "bpm": np.float32(120), "seconds_start": np.float32(0),
-                        "seconds_total": np.float32(cfg.clip_seconds)})
+    write_shards(uri, load_config("tiny"), rows, rows_per_shard=-(-rows // files))
 
 
 def time_check(uri: str, manifest, verify: str) -> float:

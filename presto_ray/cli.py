@@ -15,26 +15,23 @@ from pathlib import Path
 
 
 
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1 (a count of steps, clips, ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= ``minimum`` (``what`` names such counts in --help)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__doc__ = what
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    """An argparse type: an integer >= 0 (warm-up repeats, Ray workers where 0 means in-process)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive = _int_at_least(1, "a count of steps, clips, ...")
+_non_negative = _int_at_least(0, "warm-up repeats, Ray workers where 0 means in-process")
 
 
 def _positive_list(text: str) -> tuple[int, ...]:

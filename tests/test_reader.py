@@ -6,13 +6,13 @@ import hashlib
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from presto_ray.data.batch import TRAIN_COLUMNS
 from presto_ray.data.reader import BadRowCounter, shuffled_files, training_dataset
 from presto_ray.data.shards import ShardWriter
+from test_shards import _edit_row, _nan_latent  # noqa: E402 (shared shard-editing helpers)
 
 C, T, L, DT = 32, 128, 32, 384
 
@@ -139,57 +139,24 @@ def test_a_relaunched_run_reads_its_checkpoint_epochs_file_order_first(ray_clust
     assert seen == shuffled_files([f.name for f in manifest.files], 7, 2)
 
 
-def _edit_row(folder, name: str, row: int, edit) -> str:
-    """Rewrite shard ``name`` with ``edit(row dict)`` applied to ``row`` (manifest kept consistent);
-    returns the row's id."""
-    table = pq.read_table(folder / name)
-    rows = table.to_pylist()
-    edit(rows[row])
-    pq.write_table(table.from_pylist(rows, schema=table.schema), folder / name)
-    data = (folder / name).read_bytes()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    entry = next(f for f in manifest["files"] if f["name"] == name)
-    entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return rows[row]["id"]
+def _blank_caption(r: dict) -> None:
+    r["caption"] = "  "
 
 
-def _put_nan_row(folder, name: str, row: int) -> str:
-    """Rewrite shard ``name`` with NaN in one latent value of ``row``."""
-    def nan(r):
-        latent = np.frombuffer(r["latent"], "<f2").copy()
-        latent[7] = np.nan
-        r["latent"] = latent.tobytes()
-    return _edit_row(folder, name, row, nan)
-
-
-def test_bad_rows_raise_or_skip_and_count(ray_cluster, tmp_path):
-    folder = tmp_path / "s"
-    write(str(folder), make_rows(10))
-    bad_id = _put_nan_row(folder, "part-00001.parquet", 2)
-    assert bad_id == "r006"
-
-    ds, _ = training_dataset(str(folder), seed=0, epoch=0, on_bad_rows="raise")
-    with pytest.raises(ValueError, match=r"part-00001.parquet: row id 'r006' has NaN/Inf"):
-        for _ in ds.iter_torch_batches(batch_size=4):
-            pass
-
-    counter = BadRowCounter()
-    ds, _ = training_dataset(str(folder), seed=0, epoch=0, columns=[*TRAIN_COLUMNS, "id"], on_bad_rows="skip",
-                             bad_rows=counter)
-    ids = [i for b in ds.iter_batches(batch_size=4, batch_format="numpy") for i in b["id"]]
-    assert sorted(ids) == [f"r{i:03d}" for i in range(10) if i != 6]
-    assert counter.count() == 1 and counter.by_file() == {"part-00001.parquet": 1}
-
-
-def test_empty_captions_raise_or_skip_and_count(ray_cluster, tmp_path):
-    folder = tmp_path / "s"
-    write(str(folder), make_rows(10))
-    assert _edit_row(folder, "part-00002.parquet", 1, lambda r: r.update(caption="  ")) == "r009"
-
+@pytest.mark.parametrize("spoil, file, row, bad_id, message", [
+    (_nan_latent, "part-00001.parquet", 2, "r006", "has NaN/Inf"),
     # the caption is not a training column, yet an empty one is found
+    (_blank_caption, "part-00002.parquet", 1, "r009", "has an empty caption"),
+])
+def test_bad_rows_raise_or_skip_and_count(ray_cluster, tmp_path, spoil, file, row, bad_id, message):
+    """A row with NaN/Inf in its arrays, or with an empty caption: on_bad_rows=raise stops the read
+    naming the file and row id; skip drops that row alone and counts it by file."""
+    folder = tmp_path / "s"
+    write(str(folder), make_rows(10))
+    assert _edit_row(folder, file, row, spoil) == bad_id
+
     ds, _ = training_dataset(str(folder), seed=0, epoch=0, on_bad_rows="raise")
-    with pytest.raises(ValueError, match=r"shard file part-00002.parquet: row id 'r009' has an empty caption"):
+    with pytest.raises(ValueError, match=rf"{file}: row id '{bad_id}' {message}"):
         for _ in ds.iter_torch_batches(batch_size=4):
             pass
 
@@ -197,8 +164,8 @@ def test_empty_captions_raise_or_skip_and_count(ray_cluster, tmp_path):
     ds, _ = training_dataset(str(folder), seed=0, epoch=0, columns=[*TRAIN_COLUMNS, "id"], on_bad_rows="skip",
                              bad_rows=counter)
     ids = [i for b in ds.iter_batches(batch_size=4, batch_format="numpy") for i in b["id"]]
-    assert sorted(ids) == [f"r{i:03d}" for i in range(9)]
-    assert counter.by_file() == {"part-00002.parquet": 1}
+    assert sorted(ids) == [f"r{i:03d}" for i in range(10) if f"r{i:03d}" != bad_id]
+    assert counter.count() == 1 and counter.by_file() == {file: 1}
 
 
 def test_reader_fails_fast_on_missing_file_and_unknown_column(ray_cluster, tmp_path):

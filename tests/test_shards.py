@@ -160,18 +160,22 @@ def _rewrite_manifest(folder, change) -> None:
     (folder / "manifest.json").write_text(json.dumps(d))
 
 
-def _put_nan_row(folder, name: str, row: int) -> None:
-    """Rewrite shard ``name`` with NaN in ``row``'s latent and make the manifest agree on bytes/sha."""
-    def nan(r):
-        latent = np.frombuffer(r["latent"], "<f2").copy()
-        latent[0] = np.nan
-        r["latent"] = latent.tobytes()
-    _edit_row(folder, name, row, nan)
+def _nan_latent(r: dict) -> None:
+    """NaN in one latent value of the row ``r``."""
+    latent = np.frombuffer(r["latent"], "<f2").copy()
+    latent[0] = np.nan
+    r["latent"] = latent.tobytes()
 
 
-def _edit_row(folder, name: str, row: int, edit) -> None:
+def _put_nan_row(folder, name: str, row: int) -> str:
+    """Rewrite shard ``name`` with NaN in ``row``'s latent and make the manifest agree on bytes/sha;
+    returns the row's id."""
+    return _edit_row(folder, name, row, _nan_latent)
+
+
+def _edit_row(folder, name: str, row: int, edit) -> str:
     """Rewrite shard ``name`` with ``edit(row dict)`` applied to ``row``; the manifest's bytes and
-    sha256 follow, so only the row's content is wrong."""
+    sha256 follow, so only the row's content is wrong. Returns the row's id."""
     table = pq.read_table(folder / name)
     rows = table.to_pylist()
     edit(rows[row])
@@ -182,6 +186,7 @@ def _edit_row(folder, name: str, row: int, edit) -> None:
         entry = next(f for f in d["files"] if f["name"] == name)
         entry.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     _rewrite_manifest(folder, change)
+    return rows[row]["id"]
 
 
 def _truncate(folder):

@@ -182,7 +182,8 @@ def test_teacher_trains_from_prepared_shards_in_s3(tiny_config, tone_data, s3_en
 
 @pytest.mark.timeout(300)
 def test_rows_skipped_by_on_bad_rows_skip_are_counted_in_the_metrics(tiny_config, ray_cluster, tmp_path):
-    from test_reader import _put_nan_row, make_rows, write  # noqa: E402 (shared shard helpers)
+    from test_reader import make_rows, write  # noqa: E402 (shared shard helpers)
+    from test_shards import _put_nan_row  # noqa: E402
 
     folder = tmp_path / "shards"
     rows = make_rows(20)
