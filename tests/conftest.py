@@ -35,8 +35,13 @@ def ray_cluster(s3_endpoint):
     need slots beside two workers). Started after the S3 server so workers inherit its settings."""
     import ray
 
+    from presto_ray.train.cluster import pin_state_api
+
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # its State API pinned to a port of its own, as ensure_ray's clusters are: Ray Train's
+        # placement-group cleaner then never reads another Ray instance on the machine
+        ray.init(num_cpus=4, address="local", include_dashboard=False, dashboard_port=pin_state_api(),
+                 log_to_driver=False)
     yield ray
     ray.shutdown()
 
