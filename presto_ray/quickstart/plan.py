@@ -1,7 +1,8 @@
 """How big each quickstart stage is, in one place.
 
-The quickstart must finish in 30 minutes or less on a 2-core CPU with the ``tiny`` preset. Each
-field says what its stage costs there; costs grow about linearly with the size. Everything else
+The quickstart should finish in 20 minutes on a 2-core CPU with the ``tiny`` preset (issue #18); it
+took 26.7 on an idle one (docs/benchmarks.md has each stage's time). Each field says what its stage
+costs there; costs grow about linearly with the size. Everything else
 (model, batch size, learning rates, DiT depth) comes from the config the quickstart is given.
 """
 
