@@ -138,10 +138,10 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     assert by_label["presto-s 1 steps"]["nfe"] == 1 and by_label["presto-s 1 steps"]["steps"] == 1
     latency = json.loads((out / "latency.json").read_text())
     assert latency["entries"][0]["case"] == "default" and latency["hardware"]["cpu_count"] >= 1
-    # KAD against generator updates: one point per checkpoint (curve_points 2: steps 2 and 3 at ttur 2,
-    # 1 and 2 updates), the last one the presto-s row itself (reused, not evaluated again)
+    # KAD against generator updates: one point per checkpoint (curve_points 2: steps 2 and 3 at the
+    # plan's ttur 1, 2 and 3 updates), the last one the presto-s row itself (reused, not evaluated again)
     first_point, point = json.loads((out / "metrics.json").read_text())["curves"]["presto-s"]
-    assert [(p["step"], p["generator_updates"]) for p in (first_point, point)] == [(2, 1), (3, 2)]
+    assert [(p["step"], p["generator_updates"]) for p in (first_point, point)] == [(2, 2), (3, 3)]
     assert point["kad"] == by_label["presto-s 4 steps"]["kad"] and point["kad_ci"] == by_label["presto-s 4 steps"]["kad_ci"]
     assert sorted(p.name for p in (out / "eval" / "presto-s-updates").iterdir()) == ["curve.json", "step_00000002"]
 
@@ -214,7 +214,7 @@ def test_with_baselines_a_finished_quickstart_adds_only_the_baselines(finished):
                    + ["curve dmd2", "curve cd", "benchmark", "metrics", "results", "audio", "report"])
     curves = json.loads((out / "metrics.json").read_text())["curves"]
     assert sorted(curves) == ["cd", "dmd2", "presto-s"]
-    assert [p["generator_updates"] for p in curves["dmd2"]] == [1, 2]  # ttur 2 (the plan's), iterations 0 and 2
+    assert [p["generator_updates"] for p in curves["dmd2"]] == [2, 3]  # ttur 1 (the plan's), as cd
     assert [p["generator_updates"] for p in curves["cd"]] == [2, 3]  # one update per iteration
     for method in BASELINES:
         exported = load_export(out / "runs" / method)
