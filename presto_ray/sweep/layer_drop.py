@@ -22,7 +22,8 @@ choice) and ``export/``: a copy of the input export whose ``config.yaml`` carrie
 ``distill.budget_schedule``, so ``generate`` and ``evaluate`` use it by default. The choice is
 :func:`presto_ray.sweep.pareto.cheapest_qualifying`: the fewest blocks per sample on the front
 whose KAD is not resolved worse than full depth's (the low end of its interval at most full depth's
-high end, plus ``choose.max_kad_increase``), the rule the teacher sampler search uses too. Tune keeps its state under
+high end, plus ``choose.max_kad_increase``), the rule the teacher sampler search uses too. Tune
+keeps its state under
 ``out/tune/``; rerunning the same sweep resumes it (finished trials are not run again).
 """
 
@@ -266,8 +267,9 @@ def measure_schedule(gen: MusicGenerator, setup: TrialSetup) -> dict:
     """Generate ``setup.prompts`` under ``gen.schedule`` and score them.
 
     Returns kad, kad_ci ([low, high], 95% bootstrap over clips), tempo_err_bpm,
-    tempo_err_octave_bpm, key_acc, instrument_acc (those the captions allow), blocks_per_sample (rows through DiT blocks / samples), evals_per_sample (network passes
-    per sample, CFG's included), block_fraction, and sampling_s / total_s of one batch-1 clip."""
+    tempo_err_octave_bpm, key_acc, instrument_acc (those the captions allow), blocks_per_sample
+    (rows through DiT blocks / samples), evals_per_sample (network passes per sample, CFG's
+    included), block_fraction, and sampling_s / total_s of one batch-1 clip."""
     from presto_ray.eval.adherence import adherence_metrics
     from presto_ray.eval.embeddings import load_embedder
     from presto_ray.eval.evaluate import embed_clips
@@ -304,8 +306,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
 # ------------------------------------------------------------------------------ the sweep
 
-METRICS = ["blocks_per_sample", "block_fraction", "evals_per_sample", "kad", "kad_ci", "tempo_err_bpm", "tempo_err_octave_bpm",
-           "key_acc", "instrument_acc", "sampling_s", "total_s"]
+METRICS = ["blocks_per_sample", "block_fraction", "evals_per_sample", "kad", "kad_ci", "tempo_err_bpm",
+           "tempo_err_octave_bpm", "key_acc", "instrument_acc", "sampling_s", "total_s"]
 """What a trial reports (:func:`measure_schedule`); adherence keys only when the captions allow them."""
 COLUMNS = ["index", "label", "edges", "budgets", *METRICS, "on_front", "chosen", "trial_id"]
 """Columns of trials.csv and pareto.csv (edges and budgets as JSON lists)."""
