@@ -28,8 +28,8 @@ fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null; then
-  echo "==> system packages: FluidSynth, two General MIDI soundfonts, libsndfile"
-  pkgs="fluidsynth fluid-soundfont-gm timgm6mb-soundfont libsndfile1"
+  echo "==> system packages: FluidSynth, two General MIDI soundfonts, libsndfile, headless Chromium (report test)"
+  pkgs="fluidsynth fluid-soundfont-gm timgm6mb-soundfont libsndfile1 chromium-headless-shell"
   "$PY" -m venv --help >/dev/null 2>&1 || pkgs="$pkgs python3-venv"
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
