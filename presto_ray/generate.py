@@ -136,6 +136,8 @@ class MusicGenerator:
         trained = networks.budget_schedule(cfg) if role == "generator" else BudgetSchedule([], [])
         self.schedule = budget_schedule or trained
         self.schedule.validate(cfg.model.depth, max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1)
+        self.decoded_values = 0  # raw latent values decoded so far ...
+        self.out_of_range_values = 0  # ... and how many of them lay outside the data's range (clamped)
 
     @property
     def sampler(self) -> str:
@@ -212,9 +214,21 @@ class MusicGenerator:
         return x.float()
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
-        """Normalised latents [B, C, T] -> waveforms [B, n] float32."""
-        latent = self.export.stats.denormalise(x.float().cpu())
+        """Normalised latents [B, C, T] -> waveforms [B, n] float32. Raw values outside the data's
+        per-channel range (where the export records one) are clamped to it before the codec and
+        counted in :attr:`out_of_range_values` (see :attr:`out_of_range_share`)."""
+        latent, outside = self.export.stats.to_data_range(self.export.stats.denormalise(x.float().cpu()))
+        self.decoded_values += latent.numel()
+        self.out_of_range_values += outside
         return self.codec.decode(latent).cpu().numpy().astype(np.float32)
+
+    @property
+    def out_of_range_share(self) -> float | None:
+        """Share of the decoded latent values that lay outside the data's range (None before any
+        decode, or when the export has no range)."""
+        if not self.decoded_values or self.export.stats.low is None:
+            return None
+        return self.out_of_range_values / self.decoded_values
 
     def generate(self, prompts: list[Prompt], *, batch_size: int = 8, progress: bool = True,
                  **kw) -> list[np.ndarray]:

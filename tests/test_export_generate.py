@@ -186,3 +186,32 @@ def test_cli_refuses_bad_counts_and_empty_prompts_before_any_model_loads(tmp_pat
         assert main(["generate", "--checkpoint", missing, "--prompt", "a flute", "--prompt", prompt]) == 2
         stderr = capsys.readouterr().err
         assert stderr.strip().splitlines() == ["presto-ray generate: error: prompt 1 is empty"]
+
+
+def test_decode_clamps_to_the_data_range_and_counts(tmp_path, cfg):
+    """Raw latent values beyond the data's per-channel range (recorded by prepare, carried by the
+    export) are clamped before the codec and counted; an export without a range decodes as it is."""
+    from presto_ray.generate import MusicGenerator
+
+    c, t = cfg.model.latent_channels, cfg.model.latent_frames
+    data = torch.randn(6, c, t, generator=torch.Generator().manual_seed(0)) * 2 - 4
+    stats = LatentStats.from_latents(data, cfg.edm.sigma_data)
+    torch.testing.assert_close(stats.low, data.amin((0, 2)))
+    torch.testing.assert_close(stats.high, data.amax((0, 2)))
+    back = LatentStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    torch.testing.assert_close(back.high, stats.high)
+    write_export(tmp_path / "ranged", {"teacher": _weights(cfg)}, cfg, stats, 1)
+    gen = MusicGenerator(str(tmp_path / "ranged"))
+    torch.testing.assert_close(gen.export.stats.low, stats.low)
+    x = stats.normalise(data[:2]) * 0.9  # inside the range (towards the channel means)
+    x[0, 3, :5] += 50.0  # five values far above channel 3's largest
+    x[1, 7, 10] -= 50.0  # one far below channel 7's smallest
+    wav = gen.decode(x)
+    assert (gen.out_of_range_values, gen.decoded_values) == (6, 2 * c * t)
+    assert gen.out_of_range_share == pytest.approx(6 / (2 * c * t))
+    clamped = torch.minimum(torch.maximum(stats.denormalise(x), stats.low.view(1, -1, 1)), stats.high.view(1, -1, 1))
+    np.testing.assert_array_equal(wav, gen.codec.decode(clamped).numpy())
+    plain = MusicGenerator(str(_run_with_steps(tmp_path, cfg)))  # statistics without a range
+    assert plain.export.stats.low is None
+    np.testing.assert_array_equal(plain.decode(x), gen.codec.decode(plain.export.stats.denormalise(x)).numpy())
+    assert plain.out_of_range_values == 0 and plain.out_of_range_share is None

@@ -73,9 +73,12 @@ def test_round_trip_local_manifest_and_stats(tmp_path):
     np.testing.assert_allclose(manifest.latent_mean, lat.mean(axis=(0, 2)), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(manifest.latent_std, lat.transpose(1, 0, 2).reshape(C, -1).std(axis=1, ddof=1),
                                rtol=1e-9)
+    np.testing.assert_array_equal(manifest.latent_min, lat.min(axis=(0, 2)))  # the range over all shards
+    np.testing.assert_array_equal(manifest.latent_max, lat.max(axis=(0, 2)))
     stats = manifest.latent_stats(sigma_data=0.5)
     assert stats.mean.shape == (C,) and stats.sigma_data == 0.5
     assert abs(float(stats.mean[8]) - 1.0) < 0.05  # channel c has mean c / 8
+    np.testing.assert_array_equal(stats.high.numpy(), lat.max(axis=(0, 2)).astype(np.float32))
 
     # the manifest on disk parses to the same object; rows read back equal what was written
     assert read_manifest(str(folder)) == manifest == Manifest.from_json(manifest.to_json())
@@ -130,6 +133,11 @@ def test_manifest_parse_errors_name_the_key():
         Manifest.from_json("{\"schema_version\": 1, ")
     with pytest.raises(ValueError, match=r"'schema_version' is 1, this code reads 2: run `presto-ray prepare` again"):
         Manifest.from_json(json.dumps({**good, "schema_version": 1}))  # fixed_size_list shards of version 1
+    with pytest.raises(ValueError, match="'latent_max' has 3 values, latent_shape says 2"):
+        Manifest.from_json(json.dumps({**good, "latent_min": [0.0, 0.0], "latent_max": [1.0, 1.0, 1.0]}))
+    # a manifest written before the range was recorded reads with no range, and its stats bound nothing
+    old = Manifest.from_json(json.dumps({k: v for k, v in good.items() if k not in ("latent_min", "latent_max")}))
+    assert old.latent_min == [] and old.latent_stats(1.0).low is None
 
 
 def test_fixed_columns_round_trip_slices_chunks_and_refusals():

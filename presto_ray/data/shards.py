@@ -124,7 +124,9 @@ class ShardFile:
 @dataclass
 class Manifest:
     """``manifest.json``: latent_shape [C, T], text_shape [L, Dt], latent_mean / latent_std [C]
-    (raw codec latents, over every value of the data, std with n - 1), files in name order."""
+    (raw codec latents, over every value of the data, std with n - 1), latent_min / latent_max [C]
+    (the range of each channel; empty in manifests written before they were recorded), files in
+    name order."""
 
     schema_version: int
     codec: dict
@@ -137,6 +139,8 @@ class Manifest:
     files: list[ShardFile]
     metadata_columns: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    latent_min: list[float] = field(default_factory=list)
+    latent_max: list[float] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The manifest as indented JSON text (the content of ``manifest.json``)."""
@@ -165,7 +169,10 @@ class Manifest:
             if len(d[key]) != n or not all(isinstance(v, int) and v > 0 for v in d[key]):
                 raise ValueError(f"manifest key '{key}' should be {n} positive integers, got {d[key]}")
         channels = d["latent_shape"][0]
-        for key in ("latent_mean", "latent_std"):
+        for key in ("latent_min", "latent_max"):
+            if not isinstance(d.get(key, []), list):
+                raise ValueError(f"manifest key '{key}' should be list, got {type(d[key]).__name__}")
+        for key in ("latent_mean", "latent_std", *(k for k in ("latent_min", "latent_max") if d.get(k))):
             if len(d[key]) != channels:
                 raise ValueError(f"manifest key '{key}' has {len(d[key])} values, "
                                  f"latent_shape says {channels} channels")
@@ -178,19 +185,24 @@ class Manifest:
                    latent_shape=list(d["latent_shape"]), text_shape=list(d["text_shape"]),
                    latent_mean=[float(v) for v in d["latent_mean"]], latent_std=[float(v) for v in d["latent_std"]],
                    num_rows=d["num_rows"], files=files, metadata_columns=list(d.get("metadata_columns", [])),
-                   extra=dict(d.get("extra", {})))
+                   extra=dict(d.get("extra", {})), latent_min=[float(v) for v in d.get("latent_min", [])],
+                   latent_max=[float(v) for v in d.get("latent_max", [])])
 
     def schema(self) -> pa.Schema:
         """The Arrow schema its shards must have (:func:`shard_schema`)."""
         return shard_schema(self.latent_shape, self.text_shape, self.metadata_columns)
 
     def latent_stats(self, sigma_data: float) -> LatentStats:
-        """Per-channel mean/std [C] (std floored at 1e-6, as LatentStats.from_latents does)."""
+        """Per-channel mean/std [C] (std floored at 1e-6, as LatentStats.from_latents does) and the
+        per-channel range where the manifest records one."""
         import torch
 
+        ranged = bool(self.latent_min and self.latent_max)
         return LatentStats(mean=torch.tensor(self.latent_mean, dtype=torch.float32),
                            std=torch.tensor(self.latent_std, dtype=torch.float32).clamp_min(1e-6),
-                           sigma_data=float(sigma_data))
+                           sigma_data=float(sigma_data),
+                           low=torch.tensor(self.latent_min, dtype=torch.float32) if ranged else None,
+                           high=torch.tensor(self.latent_max, dtype=torch.float32) if ranged else None)
 
 
 def read_manifest(uri: str) -> Manifest:
@@ -477,7 +489,9 @@ class ShardWriter:
         name = self._next_name()
         info = {"name": name, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                 "ids": [r["id"] for r in rows], "channel_sum": lat64.sum(axis=(0, 2)).tolist(),
-                "channel_sumsq": np.square(lat64).sum(axis=(0, 2)).tolist(), "identity": self.identity}
+                "channel_sumsq": np.square(lat64).sum(axis=(0, 2)).tolist(),
+                "channel_min": lat64.min(axis=(0, 2)).tolist(), "channel_max": lat64.max(axis=(0, 2)).tolist(),
+                "identity": self.identity}
         storage.write_bytes_atomic(storage.join(self.uri, name), data)  # the shard first, its sidecar after
         storage.write_bytes_atomic(storage.join(self.uri, PARTS_DIR, f"{name}.json"), json.dumps(info).encode())
         self._parts[name] = info
@@ -520,11 +534,14 @@ def write_manifest(uri: str, *, identity: dict, extra: dict | None = None, verif
     count = rows * int(identity["latent_shape"][1])
     mean, std = stats_from_sums(np.sum([parts[n]["channel_sum"] for n in names], axis=0),
                                 np.sum([parts[n]["channel_sumsq"] for n in names], axis=0), count)
+    ranged = all("channel_min" in parts[n] for n in names)  # sidecars written before the range lack it
     manifest = Manifest(schema_version=SCHEMA_VERSION, codec=identity["codec"], text_encoder=identity["text_encoder"],
                         latent_shape=list(identity["latent_shape"]), text_shape=list(identity["text_shape"]),
                         latent_mean=mean.tolist(), latent_std=std.tolist(), num_rows=rows,
                         files=[ShardFile(n, parts[n]["rows"], parts[n]["bytes"], parts[n]["sha256"]) for n in names],
-                        metadata_columns=list(identity.get("metadata_columns", [])), extra=dict(extra or {}))
+                        metadata_columns=list(identity.get("metadata_columns", [])), extra=dict(extra or {}),
+                        latent_min=np.min([parts[n]["channel_min"] for n in names], axis=0).tolist() if ranged else [],
+                        latent_max=np.max([parts[n]["channel_max"] for n in names], axis=0).tolist() if ranged else [])
     storage.write_bytes_atomic(storage.join(uri, MANIFEST_NAME), manifest.to_json().encode())
     log.info("wrote %s/%s: %d files, %d rows", uri, MANIFEST_NAME, len(names), rows)
     return manifest

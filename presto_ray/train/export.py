@@ -4,7 +4,7 @@ Layout (inside each checkpoint's ``export/`` and wherever ``presto-ray export`` 
 
     export.json          format version, step, roles -> file + sha256
     config.yaml          the full run config (model, edm, sampler, codec, text)
-    latent_stats.json    per-channel latent mean/std and sigma_data
+    latent_stats.json    per-channel latent mean/std, range (low/high, when the data records it) and sigma_data
     <role>.safetensors   weights (EMA weights when the run kept an EMA)
     sampler.json         optional: the teacher sampler chosen by a search on held-out data
                          (``presto-ray sweep teacher-sampler``); replaces config.yaml's ``sampler``
