@@ -389,3 +389,14 @@ def test_kernel_metric_errors():
         bootstrap_ci(fad, x, y, level=1.0)
     with pytest.raises(ValueError, match="must be \\[N, D\\]"):
         kad(x[0], y)
+
+
+def test_not_resolved_worse_compares_low_ends_with_the_reference_high_end():
+    from presto_ray.eval.metrics import not_resolved_worse
+
+    intervals = [(10.0, 14.0), (13.9, 20.0), (14.0, 15.0), (14.1, 16.0)]
+    assert not_resolved_worse(intervals, 0) == [True, True, True, False]
+    assert not_resolved_worse(intervals, 0, margin=0.2) == [True, True, True, True]
+    assert not_resolved_worse(intervals, 2) == [True, True, True, True]
+    with pytest.raises(IndexError, match="reference index 4"):
+        not_resolved_worse(intervals, 4)

@@ -327,6 +327,17 @@ def kad_ci(generated, reference, *, bandwidth: float | None = None, scale: float
     return _percentile_interval(scale * stats.mmd2(cx, cy), level)
 
 
+def not_resolved_worse(intervals, reference: int, margin: float = 0.0) -> list[bool]:
+    """For intervals [(low, high), ...] of a lower-is-better metric: whether each one is not resolved
+    worse than interval ``reference``, i.e. its low end is at most the reference's high end +
+    ``margin``. The rule behind every "no worse within the intervals" choice (the teacher's sampler,
+    a layer-drop schedule)."""
+    if not 0 <= reference < len(intervals):
+        raise IndexError(f"reference index {reference} is outside the {len(intervals)} intervals")
+    limit = float(intervals[reference][1]) + margin
+    return [float(low) <= limit for low, _ in intervals]
+
+
 def floor_split(m: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Reference rows (or clips) range(m) split at random into a noise-floor sample of min(n, m // 2)
     and the reference (the rest, at least as many): sorted index arrays. The floor sample against

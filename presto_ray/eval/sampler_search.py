@@ -20,6 +20,7 @@ from pathlib import Path
 from presto_ray.config import SamplerConfig
 from presto_ray.data import storage
 from presto_ray.eval.evaluate import Sampling, evaluate
+from presto_ray.eval.metrics import not_resolved_worse
 from presto_ray.train.export import find_export, write_sampler_choice
 
 log = logging.getLogger("presto_ray.sampler_search")
@@ -57,8 +58,7 @@ def choose(trials: list[dict]) -> int:
     """Index of the chosen trial (dicts with kad, kad_ci, network_evals): the cheapest whose KAD
     interval overlaps the interval of the lowest KAD."""
     best = min(range(len(trials)), key=lambda i: trials[i]["kad"])
-    best_high = trials[best]["kad_ci"][1]
-    tied = [i for i, t in enumerate(trials) if t["kad_ci"][0] <= best_high]
+    tied = [i for i, ok in enumerate(not_resolved_worse([t["kad_ci"] for t in trials], best)) if ok]
     return min(tied, key=lambda i: (trials[i]["network_evals"], trials[i]["kad"]))
 
 

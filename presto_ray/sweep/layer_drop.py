@@ -53,6 +53,7 @@ from presto_ray.sweep.space import error_message, load_space_file
 from presto_ray.distill import networks
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.edm import karras_sigmas
+from presto_ray.eval.metrics import not_resolved_worse
 from presto_ray.generate import MusicGenerator, Prompt
 from presto_ray.sweep.pareto import cheapest_qualifying, pareto_front
 from presto_ray.train.export import Exported, load_export, write_export
@@ -410,8 +411,8 @@ def choose_schedule(rows: list[dict], max_kad_increase: float) -> tuple[list[int
     depth first): the cheapest front point whose KAD interval's low end is at most full depth's
     high end + ``max_kad_increase``."""
     points = [(r["blocks_per_sample"], r["kad"]) for r in rows]
-    limit = rows[0]["kad_ci"][1] + max_kad_increase
-    return pareto_front(points), cheapest_qualifying(points, [r["kad_ci"][0] <= limit for r in rows], 0)
+    qualifies = not_resolved_worse([r["kad_ci"] for r in rows], 0, max_kad_increase)
+    return pareto_front(points), cheapest_qualifying(points, qualifies, 0)
 
 
 def _write_markdown(path: Path, rows: list[dict], front: list[int], chosen: int, space: LayerDropSpace,
