@@ -72,6 +72,18 @@ def test_evaluate_writes_metrics_with_intervals_the_floor_and_audio(held_out, te
     audio, rate = sf.read(str(wavs[0]))
     assert rate == 16000 and audio.shape == (128 * 512,) and np.isfinite(audio).all()
     assert wavs[0].read_bytes() != wavs[12].read_bytes()  # the same prompt, another seed
+    # audio checks on the audio as decoded, before the WAV writer clips it to [-1, 1]: this
+    # untrained teacher is louder than full scale, and its WAVs hold the clipped samples
+    from presto_ray.eval.loudness import FULL_SCALE, rms_db
+
+    clipped = [np.abs(sf.read(str(w), dtype="float32")[0]) >= FULL_SCALE for w in wavs]
+    assert metrics["clips_at_full_scale"] == sum(c.any() for c in clipped) > 0
+    assert metrics["full_scale_share"] == pytest.approx(np.mean(clipped), abs=1e-3)
+    assert metrics["loudness_db_range"][1] >= rms_db([sf.read(str(w))[0] for w in wavs]).max() - 0.01
+    low, high = metrics["reference_loudness_db_range"]
+    lo_db, hi_db = metrics["loudness_db_range"]
+    assert low < high < hi_db and lo_db <= metrics["loudness_db_median"] <= hi_db
+    assert 0 < metrics["loudness_outside_share"] <= 1 and 0 <= metrics["floor_loudness_outside_share"] <= 1
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +110,9 @@ def test_the_teacher_weights_under_a_student_sampler_are_its_undistilled_control
     a, b = sorted((tmp_path / "a" / "audio").glob("*.wav")), sorted((tmp_path / "b" / "audio").glob("*.wav"))
     assert all(x.read_bytes() != y.read_bytes() for x, y in zip(a, b))
     assert plain["floor_kad"] == guided["floor_kad"]  # the same reference split for every model
+    # the reference loudness, cached by the first evaluation, is the same for the second
+    assert plain["reference_loudness_db_range"] == guided["reference_loudness_db_range"]
+    assert plain["floor_loudness_outside_share"] == guided["floor_loudness_outside_share"]
 
 
 def test_evaluate_refuses_an_empty_caption(held_out, teacher, tmp_path):
@@ -147,9 +162,12 @@ def test_reference_embeddings_are_cached_per_shard_set(held_out, teacher, tmp_pa
     first = evaluate(str(teacher), str(held_out), tmp_path / "a", n=4, sampling=one)
     cached = list((tmp_path / "cache" / "eval").glob("reference-*.npz"))
     assert len(cached) == 1 and first["reference_cache"] == str(cached[0])
-    stamp = cached[0].stat().st_mtime_ns
+    (loudness,) = (tmp_path / "cache" / "eval").glob("loudness-*.npz")  # the reference clips' loudness
+    stamp, loud_stamp = cached[0].stat().st_mtime_ns, loudness.stat().st_mtime_ns
     second = evaluate(str(teacher), str(held_out), tmp_path / "b", n=4, sampling=one)
     assert cached[0].stat().st_mtime_ns == stamp and second["floor_kad"] == first["floor_kad"]  # read, not rebuilt
+    assert loudness.stat().st_mtime_ns == loud_stamp
+    assert second["reference_loudness_db_range"] == first["reference_loudness_db_range"]
     evaluate(str(teacher), str(held_out), tmp_path / "c", n=4, sampling=one, reference=[str(held_out)] * 2)
     assert len(list((tmp_path / "cache" / "eval").glob("reference-*.npz"))) == 2  # another reference: another entry
 

@@ -79,7 +79,8 @@ def _check_entries(out, labels: list[str], names: list[str]) -> list[dict]:
         timed = ("nfe", "block_fraction", "text_s", "sampling_s", "decode_s", "total_s", "sampling_speedup",
                  "total_speedup")
         numbers = ["train_steps", "steps", "n_samples", "kad", "mmd", "precision", "density", "recall", "coverage",
-                   "tempo_err_bpm", "key_acc", "instrument_acc"] + ([] if e["control_of"] else list(timed))
+                   "tempo_err_bpm", "key_acc", "instrument_acc", "loudness_db_median", "loudness_outside_share",
+                   "full_scale_share", "clips_at_full_scale"] + ([] if e["control_of"] else list(timed))
         for key in numbers:
             assert isinstance(e[key], (int, float)) and math.isfinite(e[key]), (e["label"], key, e[key])
         if e["control_of"]:
@@ -89,6 +90,7 @@ def _check_entries(out, labels: list[str], names: list[str]) -> list[dict]:
             assert low <= high, (e["label"], key)
         assert e["n_samples"] == SMALL.eval_samples and e["fad"] is None and e["fad_note"].startswith("n too small")
         assert 0 <= e["coverage"] <= 1
+        assert 0 <= e["loudness_outside_share"] <= 1 and 0 <= e["clips_at_full_scale"] <= e["n_samples"]
     assert doc["samples"] == SMALL.eval_samples and doc["floor"]["n"] == SMALL.eval_samples
     assert doc["floor"]["kad_ci"][0] <= doc["floor"]["kad"] <= doc["floor"]["kad_ci"][1]
     latency = json.loads((out / "latency.json").read_text())
@@ -161,6 +163,8 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     for name in ["reference", *NAMES]:
         assert f"<h2>Audio: {name}</h2>" in html
     assert html.count("<audio controls") == len(folders) * SMALL.report_clips
+    # a spectrogram strip beside each folder's players; each model's loudness line (not the reference's)
+    assert html.count('<img class="strip"') == len(folders) and html.count('<p class="loudness">') == len(NAMES)
     assert len(re.findall(r'alt="training curves of ', html)) == 1 + len(METHODS)
     assert 'alt="KAD against generator updates"' in html
 
@@ -195,6 +199,9 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     kad_cell = table["presto-s 4 steps"][3]
     assert float(kad_cell.split()[0]) == pytest.approx(by_label["presto-s 4 steps"]["kad"], abs=0.01)
     assert kad_cell.endswith("]") and table["presto-s 4 steps"][4] == "n too small"
+    student = by_label["presto-s 4 steps"]
+    assert table["presto-s 4 steps"][-6:-4] == [f"{student['loudness_outside_share']:.0%}",
+                                                str(student["clips_at_full_scale"])]  # loud out, full-scale clips
 
     # an evaluation lost: only it and what is built from it are redone, with the same numbers
     (out / "eval" / "presto-s" / "metrics.json").unlink()

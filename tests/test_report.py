@@ -69,3 +69,28 @@ def test_kad_against_generator_updates_draws_each_method_and_the_control_band():
     assert (min(ys), max(ys)) == pytest.approx((11.0, 13.0))
     assert ax.get_xlabel() == "generator updates"
     plt.close(fig)
+
+
+def test_an_evaluate_folder_shows_its_loudness_line_and_a_spectrogram_strip_beside_its_players(tmp_path):
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from presto_ray.eval.report import write_report
+
+    out = tmp_path / "eval"  # evaluate's layout: out/metrics.json beside out/audio/
+    (out / "audio").mkdir(parents=True)
+    for i in range(3):
+        sf.write(str(out / "audio" / f"{i:03d}_x.wav"), 0.1 * np.sin(np.arange(8000) * (0.05 + 0.02 * i)), 8000)
+    (out / "metrics.json").write_text(json.dumps({
+        "model": "runs/t", "method": "teacher", "kad": 3.0, "n_samples": 3, "loudness_db_median": -23.04,
+        "loudness_db_range": [-23.1, -23.0], "reference_loudness_db_range": [-30.0, -25.0],
+        "loudness_outside_share": 1.0, "full_scale_share": 0.0, "clips_at_full_scale": 0}))
+    page = write_report(tmp_path / "r.html", metrics=[out / "metrics.json"], audio=[out / "audio"]).read_text()
+    assert ("median -23.0 dB; 100% of clips outside the reference's 1-99% range [-30.0, -25.0] dB; 0 of 3 clips "
+            "with samples at full scale (0.00% of samples)") in page
+    assert page.count('<img class="strip"') == 1 and page.count("<audio controls") == 3
+    assert "1: 000_x (-23.0 dB)" in page  # each player numbered as in the strip, with its loudness
+    for key in ("loudness_db_median", "loudness_outside_share", "full_scale_share", "clips_at_full_scale"):
+        assert f"<th>{key}</th>" in page

@@ -20,6 +20,15 @@ tempo_err_octave_bpm, key_acc, instrument_acc. Provenance: n_samples, n_prompts,
 n_reference, n_floor, reference, steps, sampler, cfg_scale, s_churn, schedule, model, role,
 method, data, embedding. With CLAP also kad_clap, fad_clap, mmd_clap (and their _ci), clap_score
 and clap_embedding.
+
+Audio checks (:mod:`presto_ray.eval.loudness`; loudness is per-clip RMS in dB re full scale, of
+the audio as decoded, before the WAV writer clips it to [-1, 1], so a blast reads above 0 dB; the
+reference's per-clip loudness is decoded once and cached like its embeddings): loudness_db_median,
+loudness_db_range [min, max], reference_loudness_db_range [p1, p99] (of the reference clips),
+loudness_outside_share (share of generated clips outside that range), full_scale_share (share of
+generated samples with |x| >= 0.999), clips_at_full_scale (generated clips with any such sample),
+and floor_loudness_outside_share (the floor sample's share outside the same range: what the data
+itself scores at this reference size).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import numpy as np
 import torch
 
 from presto_ray.eval.adherence import adherence_metrics
+from presto_ray.eval.loudness import loudness_metrics, outside_share, reference_range, rms_db
 from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.eval.metrics import bootstrap_ci, fad, fad_checked, floor_split, kad, kad_ci, prdc_ci
@@ -222,6 +232,21 @@ def reference_features(embedder, reference: ReferenceAudio, seed: int) -> tuple[
     return feats, groups, cached
 
 
+def reference_loudness(reference: ReferenceAudio, seed: int) -> np.ndarray:
+    """Loudness [M] (dB, :func:`~presto_ray.eval.loudness.rms_db`) of the reference clips, read
+    from or written to the cache beside the reference embeddings."""
+    key = reference_key(reference.uris, reference.count, seed, reference.codec, "loudness-rms-db")
+    cached = cache_dir() / f"loudness-{key}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as z:
+            return z["db"]
+    db = rms_db(reference.audio())
+    buf = io.BytesIO()
+    np.savez(buf, db=db)
+    storage.write_bytes_atomic(str(cached), buf.getvalue())
+    return db
+
+
 def _select(feats: np.ndarray, groups: np.ndarray, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The frames of ``clips`` (and their clip ids, renumbered 0..)."""
     keep = np.isin(groups, clips)
@@ -302,6 +327,9 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     pair = {"gen_groups": floor_groups, "ref_groups": ref_groups}
     metrics.update(floor_kad=kad(floor_feats, ref_feats, **pair),
                    floor_kad_ci=list(kad_ci(floor_feats, ref_feats, **pair, n_boot=BOOTSTRAP, seed=seed)))
+    ref_db = reference_loudness(ref_audio, seed)
+    metrics.update(loudness_metrics(generated, ref_db[ref_clips]))
+    metrics["floor_loudness_outside_share"] = outside_share(ref_db[floor_clips], reference_range(ref_db[ref_clips]))
     if clap is not None:
         from presto_ray.eval.clap import ClapEmbedder, clap_score
 

@@ -1,5 +1,6 @@
 """``report``: metrics.json, latency.json, training curves and audio folded into one self-contained
-report.html (tables, a latency-vs-quality plot, training curves, mel spectrograms and players).
+report.html (tables, a latency-vs-quality plot, training curves, and per audio folder a mel
+spectrogram strip beside the players with the model's loudness checks).
 
 Images and audio are embedded as data URIs, so the file can be mailed or opened from a bucket.
 """
@@ -24,7 +25,11 @@ LATENCY_COLUMNS = [("method", "method"), ("case", "case"), ("steps", "steps"), (
                    ("decode_s", "decode ms"), ("total_s", "total ms"), ("sampling_speedup", "sampling speed-up"),
                    ("total_speedup", "end-to-end speed-up"), ("rtf", "real-time factor")]
 METRIC_KEYS = ["kad", "kad_ci", "mmd", "fad", "density", "recall", "coverage", "tempo_err_bpm", "instrument_acc",
-               "key_acc", "n_samples"]
+               "key_acc", "loudness_db_median", "loudness_outside_share", "full_scale_share", "clips_at_full_scale",
+               "n_samples"]
+SPECTROGRAM_RANGE_DB = 80.0
+"""Every spectrogram strip of a report shares one colour scale: from its loudest mel bin down this
+many dB, so a louder model looks brighter."""
 
 
 def _fmt(key: str, value) -> str:
@@ -131,38 +136,87 @@ def training_curves(run: Path, tags: tuple[str, ...] = ("loss", "eval_loss", "lo
     return _png(fig)
 
 
-def audio_cell(wav: Path) -> str:
-    """A mel spectrogram image and an audio player for one WAV file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def mel_db(wav: Path) -> tuple[np.ndarray, float]:
+    """A WAV mixed to mono: its mel power spectrogram [64, frames] in dB (1024-point FFT, hop 256)
+    and its loudness (dB, :func:`presto_ray.eval.loudness.rms_db`)."""
     import soundfile as sf
     import torch
     import torchaudio
 
+    from presto_ray.eval.loudness import rms_db
+
     audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
     mono = torch.from_numpy(audio.mean(1))
     mel = torchaudio.transforms.MelSpectrogram(rate, n_fft=1024, hop_length=256, n_mels=64)(mono)
-    fig, ax = plt.subplots(figsize=(3.2, 1.6))
-    ax.imshow(np.log(mel.numpy() + 1e-6), origin="lower", aspect="auto", cmap="magma")
-    ax.set_axis_off()
-    image = _png(fig)
-    sound = "data:audio/wav;base64," + base64.b64encode(wav.read_bytes()).decode()
-    return (f"<figure><figcaption>{html.escape(wav.stem)}</figcaption><img src=\"{image}\" alt=\"mel spectrogram\">"
-            f"<audio controls src=\"{sound}\"></audio></figure>")
+    return 10.0 * np.log10(mel.numpy().astype(np.float64) + 1e-10), float(rms_db([mono.numpy()])[0])
+
+
+def spectrogram_strip(mels: list[np.ndarray], top_db: float) -> str:
+    """The clips' mel spectrograms ([n_mels, frames] each, dB) side by side in one image, numbered
+    from 1 like the players beside it, on the colour scale ``top_db`` - :data:`SPECTROGRAM_RANGE_DB`
+    .. ``top_db``; a PNG data URL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gap = np.full((mels[0].shape[0], 4), np.nan)  # a blank between clips
+    strip = np.concatenate([part for m in mels for part in (m, gap)][:-1], axis=1)
+    starts = np.cumsum([0] + [m.shape[1] + gap.shape[1] for m in mels[:-1]])
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")
+    fig, ax = plt.subplots(figsize=(min(12.0, 0.6 + 2.0 * len(mels)), 1.8))
+    shown = ax.imshow(strip, origin="lower", aspect="auto", cmap=cmap, vmin=top_db - SPECTROGRAM_RANGE_DB, vmax=top_db,
+                      interpolation="nearest")
+    ax.set_xticks(starts + np.array([m.shape[1] for m in mels]) / 2, [str(i + 1) for i in range(len(mels))])
+    ax.set_yticks([])
+    ax.set_ylabel("mel", fontsize=8)
+    fig.colorbar(shown, ax=ax, pad=0.01, fraction=0.03).set_label("dB", fontsize=8)
+    return _png(fig)
+
+
+def loudness_line(row: dict | None) -> str:
+    """One line on a model's audio checks from its metrics (empty when it has none): median
+    loudness, the share of clips outside the reference's 1-99% range, clips at full scale."""
+    if not row or row.get("loudness_db_median") is None:
+        return ""
+    ref = row.get("reference_loudness_db_range") or [float("nan")] * 2
+    clips, n = row.get("clips_at_full_scale"), row.get("n_samples")
+    return (f"<p class=\"loudness\">loudness (RMS, dB re full scale): median {row['loudness_db_median']:.1f} dB; "
+            f"{100 * row['loudness_outside_share']:.0f}% of clips outside the reference's 1-99% range "
+            f"[{ref[0]:.1f}, {ref[1]:.1f}] dB; {clips}{f' of {n}' if n else ''} clips with samples at full scale "
+            f"({100 * row.get('full_scale_share', 0.0):.2f}% of samples)</p>")
+
+
+def audio_section(folder: Path, clips: list[tuple[Path, np.ndarray, float]], top_db: float, row: dict | None) -> str:
+    """A folder's heading, its model's :func:`loudness_line`, and its clips (WAV, mel dB and
+    loudness of :func:`mel_db`) as a spectrogram strip beside their players, each player captioned
+    with its number in the strip, its name and its loudness."""
+    name = html.escape(folder.name)
+    head = f"<section class=\"audio\"><h2>Audio: {name}</h2>{loudness_line(row)}"
+    if not clips:
+        return head + "<p>no WAV files</p></section>"
+    players = "".join(f"<figure><figcaption>{i + 1}: {html.escape(wav.stem)} ({db:.1f} dB)</figcaption>"
+                      f"<audio controls preload=\"metadata\" src=\"data:audio/wav;base64,"
+                      f"{base64.b64encode(wav.read_bytes()).decode()}\"></audio></figure>"
+                      for i, (wav, _, db) in enumerate(clips))
+    strip = spectrogram_strip([mel for _, mel, _ in clips], top_db)
+    return (f"{head}<div class=\"clips\"><img class=\"strip\" src=\"{strip}\" alt=\"mel spectrograms of {name}\">"
+            f"<div class=\"players\">{players}</div></div></section>")
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}
-figure{display:inline-block;margin:6px;vertical-align:top}figure img{display:block}audio{width:320px}"""
+.clips{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.strip{max-width:100%}
+.players figure{margin:0 0 6px 0}figcaption{font-size:12px}audio{width:320px;display:block}.loudness{margin:.3em 0}"""
 
 
 def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: list[str | Path] = (),
                  runs: list[str | Path] = (), audio: list[str | Path] = (), title: str = "presto_ray report") -> Path:
     """Write report.html to ``out`` from latency.json files, metrics.json files (each holding a
     "model"/"case" label or a list under "entries"), run folders (training curves) and audio
-    folders (WAV files). Missing inputs are errors that name the file."""
+    folders (WAV files). An audio folder shows the loudness of the metrics entry whose ``name`` is
+    the folder's name (the quickstart's audio/<name>/) or of the metrics.json beside it (evaluate's
+    out/audio/). Missing inputs are errors that name the file."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     entries: list[dict] = []
     hardware = []
@@ -173,6 +227,7 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         entries += doc.get("entries", [])
         hardware.append(doc.get("hardware", {}))
     metric_rows: dict[str, dict] = {}
+    by_folder: dict[Path, dict] = {}  # an evaluate metrics.json and its audio/ folder
     floor, curves = None, {}
     for file in map(Path, metrics):
         if not file.is_file():
@@ -180,6 +235,8 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         doc = json.loads(file.read_text())
         floor = floor or doc.get("floor")
         curves.update(doc.get("curves") or {})
+        if "entries" not in doc:
+            by_folder[file.resolve().parent / "audio"] = doc
         for row in doc.get("entries", [doc]):
             label = row.get("label") or f"{row.get('method', row.get('model', file.stem))} {row.get('case', '')}".strip()
             metric_rows[label] = row
@@ -193,7 +250,7 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
         rows = [{"label": k, **v} for k, v in metric_rows.items()]
         if floor and floor.get("kad") is not None:
             rows.append({"label": "data vs data (noise floor)", "kad": floor["kad"], "kad_ci": floor.get("kad_ci"),
-                         "n_samples": floor.get("n")})
+                         "loudness_outside_share": floor.get("loudness_outside_share"), "n_samples": floor.get("n")})
         parts.append(_table(rows, [("label", "model")] + [(k, k) for k in METRIC_KEYS if any(k in r for r in rows)]))
     if entries:
         parts.append(f"<h2>Latency vs quality</h2><img src=\"{latency_plot(entries, metric_rows, floor)}\" alt=\"latency plot\">")
@@ -208,11 +265,15 @@ def write_report(out: str | Path, *, latency: list[str | Path] = (), metrics: li
     if any(c for _, c in trained):
         parts.append("<h2>Training curves</h2>")
         parts += [f"<img src=\"{c}\" alt=\"training curves of {html.escape(r.name)}\">" for r, c in trained if c]
-    for folder in map(Path, audio):
+    folders = list(map(Path, audio))
+    for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"audio folder '{folder}' does not exist")
-        wavs = sorted(folder.glob("*.wav"))
-        parts.append(f"<h2>Audio: {html.escape(folder.name)}</h2>" + "".join(audio_cell(w) for w in wavs))
+    clips = [[(w, *mel_db(w)) for w in sorted(f.glob("*.wav"))] for f in folders]
+    top_db = max((float(np.max(mel)) for cs in clips for _, mel, _ in cs), default=0.0)
+    by_name = {r["name"]: r for r in metric_rows.values() if r.get("name")}  # the quickstart's audio/<name>/
+    for folder, cs in zip(folders, clips):
+        parts.append(audio_section(folder, cs, top_db, by_name.get(folder.name) or by_folder.get(folder.resolve())))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

@@ -185,11 +185,12 @@ def entry_cells(entry: dict, columns: list[tuple[str, str, str]]) -> list[str]:
 
 def floor_entry(doc: dict) -> dict | None:
     """The noise-floor row (the floor sample of the reference against the reference) of a results
-    document, as an entry: label, kad, kad_ci, n_samples."""
+    document, as an entry: label, kad, kad_ci, n_samples, loudness_outside_share."""
     floor = doc.get("floor")
     if not floor:
         return None
-    return {"label": FLOOR_LABEL, "kad": floor.get("kad"), "kad_ci": floor.get("kad_ci"), "n_samples": floor.get("n")}
+    return {"label": FLOOR_LABEL, "kad": floor.get("kad"), "kad_ci": floor.get("kad_ci"), "n_samples": floor.get("n"),
+            "loudness_outside_share": floor.get("loudness_outside_share")}
 
 
 def results_markdown(doc: dict, *, title: str, command: str, date: str) -> str:

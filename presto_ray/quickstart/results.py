@@ -12,6 +12,7 @@ import logging
 
 from presto_ray.config import PrestoConfig
 from presto_ray.distill.networks import LAYER_METHODS, budget_schedule
+from presto_ray.eval.loudness import LOUDNESS_KEYS
 from presto_ray.eval.targets import entry_cells, floor_entry
 
 log = logging.getLogger("presto_ray.quickstart")
@@ -19,7 +20,7 @@ log = logging.getLogger("presto_ray.quickstart")
 DISTRIBUTION_KEYS = ("kad", "mmd", "fad", "precision", "density", "recall", "coverage")
 """Distribution metrics: each comes with ``<name>_ci`` (fad also with ``fad_note``)."""
 QUALITY_KEYS = (*(k for name in DISTRIBUTION_KEYS for k in (name, f"{name}_ci")), "fad_note", "tempo_err_bpm",
-                "tempo_err_octave_bpm", "key_acc", "instrument_acc")
+                "tempo_err_octave_bpm", "key_acc", "instrument_acc", *LOUDNESS_KEYS)
 LATENCY_KEYS = ("nfe", "block_fraction", "text_s", "sampling_s", "decode_s", "total_s", "sampling_speedup",
                 "total_speedup")
 ENTRY_KEYS = ("label", "name", "method", "case", "model", "control_of", "train_steps", "sampler", "steps",
@@ -42,8 +43,10 @@ def combine(evaluations: list[dict], latency: dict, curves: dict[str, list[dict]
     result); latency: a benchmark() document; curves: method -> points of
     :func:`presto_ray.eval.updates.update_curve`. Returns the quickstart's metrics.json document:
     data, embedding, reference (what the models were scored against), samples (clips per model),
-    floor (the noise floor: kad, kad_ci, n), hardware, entries and curves. Controls are not timed
-    (they cost what their student costs); their latency fields are null."""
+    floor (the noise floor: kad, kad_ci, n, and loudness_outside_share: the floor sample's share
+    of clips outside the reference's 1-99% loudness range), hardware, entries and curves. Entries
+    carry the audio checks of :data:`~presto_ray.eval.loudness.LOUDNESS_KEYS`. Controls are not
+    timed (they cost what their student costs); their latency fields are null."""
     timed = {(e["model"], e["case"]): e for e in latency["entries"]}
     entries = []
     for ev in evaluations:
@@ -60,13 +63,15 @@ def combine(evaluations: list[dict], latency: dict, curves: dict[str, list[dict]
     first = evaluations[0]["metrics"] if evaluations else {}
     return {"data": first.get("data"), "embedding": first.get("embedding"), "reference": first.get("reference"),
             "samples": first.get("n_samples"),
-            "floor": {"kad": first.get("floor_kad"), "kad_ci": first.get("floor_kad_ci"), "n": first.get("n_floor")},
+            "floor": {"kad": first.get("floor_kad"), "kad_ci": first.get("floor_kad_ci"), "n": first.get("n_floor"),
+                      "loudness_outside_share": first.get("floor_loudness_outside_share")},
             "hardware": latency.get("hardware"), "entries": entries, "curves": curves or {}}
 
 
 COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("steps", "steps", "{}"),
            ("kad", "KAD [95% CI]", "{:.2f}"), ("fad", "FAD", "{:.2f}"), ("recall", "recall", "{:.2f}"),
            ("coverage", "coverage", "{:.2f}"), ("tempo_err_bpm", "tempo err", "{:.1f}"),
+           ("loudness_outside_share", "loud out", "{:.0%}"), ("clips_at_full_scale", "full-scale clips", "{}"),
            ("sampling_s", "sampling ms", "{:.1f}"), ("total_s", "total ms", "{:.1f}"),
            ("sampling_speedup", "speed-up", "x{:.1f}"), ("total_speedup", "end-to-end", "x{:.1f}")]
 
@@ -74,8 +79,9 @@ COLUMNS = [("label", "model", "{}"), ("train_steps", "trained", "{}"), ("steps",
 def table(doc: dict) -> str:
     """The final table of a metrics.json document as aligned text: model, training steps, sampling
     steps, KAD with its 95% interval, FAD ("n too small" below the sample-size rule), recall,
-    coverage, tempo error (BPM), batch-1 latency (sampling and end to end) and speed-ups over the
-    teacher's default sampler; the noise floor last."""
+    coverage, tempo error (BPM), "loud out" (the share of clips outside the reference's 1-99%
+    loudness range), "full-scale clips" (clips with any sample at full scale), batch-1 latency
+    (sampling and end to end) and speed-ups over the teacher's default sampler; the noise floor last."""
     floor = floor_entry(doc)
     rows = [[title for _, title, _ in COLUMNS]] + [entry_cells(e, COLUMNS)
                                                   for e in doc["entries"] + ([floor] if floor else [])]
