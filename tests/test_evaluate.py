@@ -84,6 +84,7 @@ def test_evaluate_writes_metrics_with_intervals_the_floor_and_audio(held_out, te
     lo_db, hi_db = metrics["loudness_db_range"]
     assert low < high < hi_db and lo_db <= metrics["loudness_db_median"] <= hi_db
     assert 0 < metrics["loudness_outside_share"] <= 1 and 0 <= metrics["floor_loudness_outside_share"] <= 1
+    assert metrics["latent_out_of_range_share"] is None  # its statistics record no data range
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +140,28 @@ def test_evaluate_refuses_an_empty_caption(held_out, teacher, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
-def test_generation_on_ray_actors_equals_the_single_process_run(held_out, teacher, tmp_path):
-    from presto_ray.eval.evaluate import evaluate
+@pytest.fixture(scope="module")
+def ranged_teacher(tmp_path_factory):
+    """The ``teacher`` fixture's weights with statistics that record a data range of [-1, 1] in every
+    channel: part of what it samples lies outside and is clamped before the codec."""
+    cfg = load_config("tiny", ["sampler.steps=4"])
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ranged") / "export"
+    stats = LatentStats(mean=torch.zeros(32), std=torch.ones(32), sigma_data=0.5, low=-torch.ones(32),
+                        high=torch.ones(32))
+    write_export(folder, {"teacher": EDMPrecond(DiT1D(cfg.model), 0.5).state_dict()}, cfg, stats, 1)
+    return folder
 
-    from presto_ray.eval.evaluate import Sampling
 
-    two = Sampling(steps=2)
+def test_generation_on_ray_actors_equals_the_single_process_run(held_out, ranged_teacher, tmp_path):
+    from presto_ray.eval.evaluate import Sampling, evaluate
+
+    two, teacher = Sampling(steps=2), ranged_teacher
     local = evaluate(str(teacher), str(held_out), tmp_path / "local", n=6, sampling=two, batch_size=2)
     spread = evaluate(str(teacher), str(held_out), tmp_path / "actors", n=6, sampling=two, batch_size=2, num_workers=2)
+    # the values clamped to the data's range are counted in the actors as in one process
+    assert 0 < local["latent_out_of_range_share"] < 1
+    assert spread["latent_out_of_range_share"] == local["latent_out_of_range_share"]
     local_wavs = sorted((tmp_path / "local" / "audio").glob("*.wav"))
     actor_wavs = sorted((tmp_path / "actors" / "audio").glob("*.wav"))
     assert [w.name for w in local_wavs] == [w.name for w in actor_wavs] and len(local_wavs) == 6

@@ -28,7 +28,9 @@ loudness_db_range [min, max], reference_loudness_db_range [p1, p99] (of the refe
 loudness_outside_share (share of generated clips outside that range), full_scale_share (share of
 generated samples with |x| >= 0.999), clips_at_full_scale (generated clips with any such sample),
 and floor_loudness_outside_share (the floor sample's share outside the same range: what the data
-itself scores at this reference size).
+itself scores at this reference size). latent_out_of_range_share: the share of generated latent
+values outside the data's per-channel range, clamped to it before the codec (None when the
+export records no range; see :meth:`MusicGenerator.decode`).
 """
 
 from __future__ import annotations
@@ -135,15 +137,21 @@ class _GeneratorActor:
         self.gen = MusicGenerator(checkpoint, role=sampling.role)
         self.kw = sampling.generate_kw()
 
-    def generate(self, prompts: list[Prompt]) -> list[np.ndarray]:
-        return self.gen.generate(prompts, batch_size=len(prompts), progress=False, **self.kw)
+    def generate(self, prompts: list[Prompt]) -> tuple[list[np.ndarray], int, int]:
+        """(waveforms, latent values outside the data's range, latent values decoded) of one batch."""
+        outside, total = self.gen.out_of_range_values, self.gen.decoded_values
+        wavs = self.gen.generate(prompts, batch_size=len(prompts), progress=False, **self.kw)
+        return wavs, self.gen.out_of_range_values - outside, self.gen.decoded_values - total
 
 
 def generate_distributed(checkpoint: str, prompts: list[Prompt], *, num_workers: int, batch_size: int,
-                         sampling: Sampling = Sampling(), gpus_per_worker: float = 0.0) -> list[np.ndarray]:
+                         sampling: Sampling = Sampling(),
+                         gpus_per_worker: float = 0.0) -> tuple[list[np.ndarray], int, int]:
     """Generate ``prompts`` on ``num_workers`` Ray actors, each loading the model once; batches of
     ``batch_size`` are handed out as actors free up and come back in prompt order. Each prompt's
-    noise comes from its own seed, so the audio equals a single-process run's."""
+    noise comes from its own seed, so the audio equals a single-process run's. Returns (waveforms,
+    latent values clamped to the data's range, latent values decoded), as
+    :meth:`MusicGenerator.decode` counts them."""
     import ray
     from ray.util import ActorPool
 
@@ -151,9 +159,11 @@ def generate_distributed(checkpoint: str, prompts: list[Prompt], *, num_workers:
     pool = ActorPool([actor.remote(checkpoint, sampling) for _ in range(num_workers)])
     batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
     out: list[np.ndarray] = []
-    for wavs in pool.map(lambda a, batch: a.generate.remote(batch), batches):
+    outside = total = 0
+    for wavs, batch_outside, batch_total in pool.map(lambda a, batch: a.generate.remote(batch), batches):
         out.extend(wavs)
-    return out
+        outside, total = outside + batch_outside, total + batch_total
+    return out, outside, total
 
 
 def cache_dir() -> Path:
@@ -301,10 +311,12 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
     gen = MusicGenerator(checkpoint, role=sampling.role)
     prompts = prompts_for(rows, n, seed if noise_seed is None else noise_seed)
     if num_workers > 0:
-        generated = generate_distributed(str(checkpoint), prompts, num_workers=num_workers, batch_size=batch_size,
-                                         sampling=sampling, gpus_per_worker=gpus_per_worker)
+        generated, outside, decoded = generate_distributed(str(checkpoint), prompts, num_workers=num_workers,
+                                                           batch_size=batch_size, sampling=sampling,
+                                                           gpus_per_worker=gpus_per_worker)
     else:
         generated = gen.generate(prompts, batch_size=batch_size, progress=True, **sampling.generate_kw())
+        outside, decoded = gen.out_of_range_values, gen.decoded_values
     if write_audio:
         for i, wav in enumerate(generated):
             row_id = str(rows[i % len(rows)]["id"])
@@ -329,6 +341,8 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                    floor_kad_ci=list(kad_ci(floor_feats, ref_feats, **pair, n_boot=BOOTSTRAP, seed=seed)))
     ref_db = reference_loudness(ref_audio, seed)
     metrics.update(loudness_metrics(generated, ref_db[ref_clips]))
+    ranged = gen.export.stats.low is not None
+    metrics["latent_out_of_range_share"] = outside / decoded if ranged and decoded else None
     metrics["floor_loudness_outside_share"] = outside_share(ref_db[floor_clips], reference_range(ref_db[ref_clips]))
     if clap is not None:
         from presto_ray.eval.clap import ClapEmbedder, clap_score

@@ -26,7 +26,7 @@ LATENCY_COLUMNS = [("method", "method"), ("case", "case"), ("steps", "steps"), (
                    ("total_speedup", "end-to-end speed-up"), ("rtf", "real-time factor")]
 METRIC_KEYS = ["kad", "kad_ci", "mmd", "fad", "density", "recall", "coverage", "tempo_err_bpm", "instrument_acc",
                "key_acc", "loudness_db_median", "loudness_outside_share", "full_scale_share", "clips_at_full_scale",
-               "n_samples"]
+               "latent_out_of_range_share", "n_samples"]
 SPECTROGRAM_RANGE_DB = 80.0
 """Every spectrogram strip of a report shares one colour scale: from its loudest mel bin down this
 many dB, so a louder model looks brighter."""

@@ -20,7 +20,7 @@ log = logging.getLogger("presto_ray.quickstart")
 DISTRIBUTION_KEYS = ("kad", "mmd", "fad", "precision", "density", "recall", "coverage")
 """Distribution metrics: each comes with ``<name>_ci`` (fad also with ``fad_note``)."""
 QUALITY_KEYS = (*(k for name in DISTRIBUTION_KEYS for k in (name, f"{name}_ci")), "fad_note", "tempo_err_bpm",
-                "tempo_err_octave_bpm", "key_acc", "instrument_acc", *LOUDNESS_KEYS)
+                "tempo_err_octave_bpm", "key_acc", "instrument_acc", *LOUDNESS_KEYS, "latent_out_of_range_share")
 LATENCY_KEYS = ("nfe", "block_fraction", "text_s", "sampling_s", "decode_s", "total_s", "sampling_speedup",
                 "total_speedup")
 ENTRY_KEYS = ("label", "name", "method", "case", "model", "control_of", "train_steps", "sampler", "steps",
