@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from presto_ray.data import music21_source as m
+from presto_ray.data import music21 as m
 from presto_ray.eval.adherence import (adherence, caption_bpm, caption_key, estimate_key, estimate_tempo,
                                        normalise_key, tempo_errors)
 

@@ -16,7 +16,7 @@ import torch
 import torchaudio
 
 from presto_ray.data import audio_source as a
-from presto_ray.data.music21_source import SPLITS, split_of
+from presto_ray.data.music21.split import SPLITS, split_of
 
 FILE_SR = 22050
 SR = 16000

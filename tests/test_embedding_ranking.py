@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchaudio
 
-from presto_ray.data import music21_source as m
+from presto_ray.data import music21 as m
 from presto_ray.eval.metrics import fad, mmd
 
 pytest.importorskip("musicnn", reason="the musicnn weights come with `pip install --no-deps musicnn==0.1.0`")

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from presto_ray.data import music21_source as m
+from presto_ray.data import music21 as m
 from presto_ray.data.captions import CaptionFacts, TEMPLATES, instrument_phrase, make_caption
 from presto_ray.data.instruments import INSTRUMENTS, assign_instruments, octave_shift
 
@@ -108,7 +108,7 @@ def test_same_seed_same_rendering_and_other_seeds_differ(pieces):
 
 
 def test_malformed_and_missing_pieces_are_skipped_with_a_reason(pieces, tmp_path):
-    source = m._corpus_root() / "trecento" / "Fava_Dicant_nunc_iudei.xml"
+    source = m.corpus_root() / "trecento" / "Fava_Dicant_nunc_iudei.xml"
     text = source.read_text(errors="replace")
     broken = tmp_path / "broken.xml"
     broken.write_text(text[: len(text) // 2])  # truncated MusicXML
@@ -190,7 +190,7 @@ def test_spec_survives_a_ray_row_round_trip(pieces):
     row = plain.to_row() | {"bpm": np.float32("nan"), "instruments": np.float64("nan"), "soundfont": None,
                             "seed": np.int64(0), "piece_number": np.float64(100.0)}
     assert m.RenderSpec.from_row(row) == plain
-    whole = m.piece_from_file(m._corpus_root() / "bach" / "bwv101.7.mxl")
+    whole = m.piece_from_file(m.corpus_root() / "bach" / "bwv101.7.mxl")
     assert m.RenderSpec.from_row(_spec(whole).to_row() | {"piece_number": np.float64("nan")}).piece.number is None
 
 

@@ -10,11 +10,11 @@ caption, an optional tempo and an optional split:
 - JSON Lines (``.jsonl`` / ``.ndjson``): one object per line with the same keys.
 
 An empty ``bpm`` means unknown (stored as NaN); an empty ``split`` lets the path's hash decide
-(:func:`presto_ray.data.music21_source.split_of` with ``split_seed``), so every crop of a file
+(:func:`presto_ray.data.music21.split.split_of` with ``split_seed``), so every crop of a file
 lands in the split of its file. Files in the folder that the captions file does not list are
 not used.
 
-Two steps, as in :mod:`presto_ray.data.music21_source`:
+Two steps, as in :mod:`presto_ray.data.music21`:
 
 1. :func:`plan_audio_items` reads the captions file, checks that every listed file exists
    (one listing of the folder; nothing is downloaded) and returns plain-dict plan rows, one per
@@ -52,7 +52,7 @@ import torchaudio
 
 from presto_ray.data import storage
 from presto_ray.data.records import skipped_record
-from presto_ray.data.music21_source import SPLITS, split_of
+from presto_ray.data.music21.split import SPLITS, split_of
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import torch
 from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
 from presto_ray.data.audio_source import plan_audio_items, render_audio_row
-from presto_ray.data.music21_source import SPLITS, RenderSpec, find_fluidsynth, find_soundfont, plan_items, render_item
+from presto_ray.data.music21 import SPLITS, RenderSpec, find_fluidsynth, find_soundfont, plan_items, render_item
 from presto_ray.data.records import skipped_record
 from presto_ray.data.shards import Manifest, open_folder, write_manifest, writer_identity
 from presto_ray.data.sink import ShardSink
