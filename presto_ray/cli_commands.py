@@ -375,7 +375,7 @@ COMMANDS: tuple[Command, ...] = (
             description="Generates N clips for the held-out prompts of a shard set (prompts repeat with new seeds), "
                         "embeds generated audio and the reference latents decoded by the codec with musicnn, and "
                         "writes metrics.json (kad, the primary metric, mmd, fad where N allows, precision, density, "
-                        "recall, coverage, each with a 95%% bootstrap interval <name>_ci; the noise floor floor_kad; "
+                        "recall, coverage, each with a 95% bootstrap interval <name>_ci; the noise floor floor_kad; "
                         "tempo_err_bpm, key_acc, ...) and the audio to --out.", args=(
         Arg("--checkpoint", required=True, help="export, step or run folder of the model to evaluate"),
         Arg("--data", required=True, help="held-out shard set (e.g. data/tiny/valid; local or s3://)"),
