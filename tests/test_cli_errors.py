@@ -100,3 +100,10 @@ def test_missing_bucket_refused_before_any_data_work(s3_endpoint, ray_cluster, t
     assert line.startswith("presto-ray train-teacher: error: run storage (run.storage_path) "
                            "'s3://no-such-bucket/runs': bucket 'no-such-bucket' does not exist"), line
     assert "no-shards-here" not in line  # the data folder (absent too) was never looked at
+
+
+def test_prepare_refuses_a_missing_bucket_before_loading_any_model(s3_endpoint, capsys):
+    assert main(["prepare", "--out", "s3://no-such-bucket/data", "--items", "4"]) == 2
+    line = _last_line(capsys.readouterr().err)
+    assert line.startswith("presto-ray prepare: error: prepare output (--out) 's3://no-such-bucket/data': "
+                           "bucket 'no-such-bucket' does not exist"), line

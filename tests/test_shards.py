@@ -349,7 +349,7 @@ def test_s3_permanent_error_fails_at_once_with_uri(s3_endpoint):
     import time
 
     t0 = time.monotonic()
-    with pytest.raises(FileNotFoundError, match="bucket 'no-such-bucket' of s3://no-such-bucket/shards"):
+    with pytest.raises(FileNotFoundError, match="shard folder 's3://no-such-bucket/shards': bucket 'no-such-bucket' does not exist"):
         writer("s3://no-such-bucket/shards")
     assert time.monotonic() - t0 < 3.0
     # a permanent error in the middle of the work (the bucket removed under a running writer)

@@ -121,10 +121,12 @@ def num_items(cfg: PrestoConfig) -> int:
 
 
 def prepare(cfg: PrestoConfig, out: str, *, progress: bool = True) -> dict[str, Manifest]:
-    """Build the shard sets under ``out`` (local path, file:// or s3://); returns split -> manifest."""
+    """Build the shard sets under ``out`` (local path, file:// or s3://); returns split -> manifest.
+    An unreachable ``out`` (a missing bucket) is refused before any model is loaded."""
     from presto_ray.models.codec import load_codec
     from presto_ray.models.text import load_text_encoder
 
+    storage.check_reachable(out, "prepare output (--out)")
     codec, text = load_codec(cfg.codec), load_text_encoder(cfg.text)
     if text.dim != cfg.model.text_dim:
         raise ValueError(f"text encoder '{cfg.text.name}' gives {text.dim}-d states but model.text_dim={cfg.model.text_dim}")

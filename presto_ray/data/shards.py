@@ -265,18 +265,6 @@ def writer_identity(*, latent_shape: Sequence[int], text_shape: Sequence[int], c
     return json.loads(json.dumps(identity))
 
 
-def check_bucket(uri: str) -> None:
-    """For an ``s3://`` URI, FileNotFoundError naming the bucket when it does not exist (a missing
-    bucket fails before any work, not after the first shard's)."""
-    if not storage.is_remote(uri):
-        return
-    fs, path = storage.resolve(uri)
-    bucket = path.split("/", 1)[0]
-    info = storage.with_retries(lambda: fs.get_file_info(bucket), uri, what="checking the bucket of")
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"bucket '{bucket}' of {uri} does not exist")
-
-
 def open_folder(uri: str, identity: dict, *, verify: bool = True, prefix: str | None = None) -> dict[str, dict]:
     """Make the shard folder ``uri`` ready for more shards of ``identity`` and return its finished
     shards ({name: sidecar info}). Refuses (ValueError naming a file and the differing keys) a
@@ -284,7 +272,7 @@ def open_folder(uri: str, identity: dict, *, verify: bool = True, prefix: str | 
     about to change); deletes unfinished leftovers (shards without a valid sidecar, temporaries,
     staged uploads) of writer ``prefix``, or of every writer when ``prefix`` is None: only safe
     while no writer is at work in the folder."""
-    check_bucket(uri)
+    storage.check_reachable(uri, "shard folder")
     parts = _completed_parts(uri, None, verify)
     for name, info in parts.items():
         if info.get("identity") != identity:
@@ -358,7 +346,7 @@ class ShardWriter:
         if scan_existing:
             self._parts = open_folder(self.uri, self.identity, verify=verify_existing, prefix=prefix)
         else:  # the caller opened the folder (open_folder) and gave this writer a prefix of its own
-            check_bucket(self.uri)
+            storage.check_reachable(self.uri, "shard folder")
             self._parts = {}
         self._id_file = {rid: name for name, info in self._parts.items() for rid in info["ids"]}
         if self._parts:

@@ -38,6 +38,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from presto_ray.config import ConfigError, PrestoConfig, config_from_dict, config_to_yaml, deep_merge
 from presto_ray.data import storage
+from presto_ray.distill.methods import PRESTO_S, method_for
 from presto_ray.sweep.space import load_space_file
 from presto_ray.sweep.resources import OrphanedGroupReleaser, free_resources, read_ledger, settle
 from presto_ray.train.cluster import ensure_ray
@@ -202,7 +203,7 @@ def check_space(cfg: PrestoConfig, space: LossWeightSpace) -> dict:
     """The base config of every trial (``cfg`` with ``space.fixed``, as a dict), after checking that
     every searched value makes a valid config and that every report carries the metric. Errors
     name the key and the space file."""
-    if cfg.distill.method != "presto-s":
+    if method_for(cfg.distill.method) is not PRESTO_S:
         raise ConfigError(f"the loss-weight sweep trains Presto-S; distill.method is '{cfg.distill.method}'")
     try:
         base = config_from_dict(deep_merge(cfg.model_dump(mode="json"), nest(space.fixed)), "fixed")
@@ -319,6 +320,7 @@ def loss_weight_sweep(cfg: PrestoConfig, space: LossWeightSpace, storage_path: s
 
     ``cfg`` is the base Presto-S config with ``distill.teacher`` set; ``dataset`` (optional) is
     given to every trial instead of each one reading ``cfg.data``."""
+    storage.check_reachable(storage_path, "sweep storage (run.storage_path)")  # before the teacher loads
     sweep_uri = storage.join(storage.absolute(storage_path), name)
     runs_uri = storage.join(sweep_uri, "runs")
     ledger = storage.join(sweep_uri, "released_groups.jsonl")

@@ -17,14 +17,14 @@ from presto_ray.data.stats import LatentStats
 from presto_ray.runtime import choose_runtime
 
 
-def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
-    """Check one row against the model config; returns it. Errors name the column."""
+def check_rows(rows: list[dict], cfg: PrestoConfig) -> None:
+    """Check the first training rows against the model config: the columns and shapes of the first
+    row, and enough rows for one full batch per worker. Errors name the column or the counts."""
     import numpy as np
 
-    row = ds.take(1)
-    if not row:
+    if not rows:
         raise ValueError("the training dataset is empty")
-    row = row[0]
+    row = rows[0]
     missing = [c for c in TRAIN_COLUMNS if c not in row]
     if missing:
         raise ValueError(f"training dataset lacks columns {missing} (has {sorted(row)})")
@@ -35,7 +35,10 @@ def check_dataset(ds: ray.data.Dataset, cfg: PrestoConfig) -> dict:
         if got != shape:
             raise ValueError(f"column '{col}' has shape {got}, the config expects {shape} "
                              "(model.latent_channels / model.latent_frames / text.max_tokens / model.text_dim)")
-    return row
+    need = cfg.train.batch_size * cfg.train.num_workers
+    if len(rows) < need:
+        raise ValueError(f"the training dataset has {len(rows)} rows, fewer than train.batch_size x "
+                         f"train.num_workers = {need}: no worker would get a full batch")
 
 
 def run_uri(cfg: PrestoConfig) -> str:
@@ -55,14 +58,12 @@ def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ra
     to execute it. ``callbacks`` go to the run's RunConfig (e.g. Tune's TuneReportCallback when a
     Tune trial drives the run)."""
     probe = dataset if probe is None else probe
-    check_dataset(probe, cfg)
+    # the driver's one read: the first rows the checks and the fixed evaluation batch need (not a
+    # full pass over S3)
+    rows = probe.take(max(cfg.train.batch_size * cfg.train.num_workers, cfg.train.eval_batch))
+    check_rows(rows, cfg)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else choose_runtime().is_cuda
-    need = cfg.train.batch_size * cfg.train.num_workers
-    rows = len(probe.take(need))  # reads only what the check needs (not a full pass over S3)
-    if rows < need:
-        raise ValueError(f"the training dataset has {rows} rows, fewer than train.batch_size x train.num_workers "
-                         f"= {need}: no worker would get a full batch")
-    eval_rows = probe.take(cfg.train.eval_batch)
+    eval_rows = rows[:cfg.train.eval_batch]
     uri = run_uri(cfg)
     fs, storage_path = storage.resolve(cfg.run.storage_path)
     fs.create_dir(storage.resolve(uri)[1], recursive=True)
