@@ -97,9 +97,10 @@ class SamplerConfig(_Section):
 
 class CodecConfig(_Section):
     """Latent codec. ``mel``: normalised log-mel frames decoded with Griffin-Lim (no weights);
-    ``vae``: a pretrained codec loaded from ``path``."""
+    ``vae``: a pretrained codec loaded from ``path``; ``oobleck``: the VAE of a Stable Audio
+    teacher folder at ``path`` (docs/own-teacher.md)."""
 
-    name: Literal["mel", "vae"] = "mel"
+    name: Literal["mel", "vae", "oobleck"] = "mel"
     sample_rate: int = 16000
     n_fft: int = 1024
     hop_length: int = 512

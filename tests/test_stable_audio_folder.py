@@ -165,7 +165,20 @@ def test_codec_is_the_pipelines_vae(teacher, pipeline_folder):
     json.dumps(ident)  # recorded in manifests
     with pytest.raises(ValueError, match=r"latent must be \[B, 3, T\]"):
         codec.decode(torch.zeros(1, 4, 5))
-    assert load_oobleck_codec(folder).identity() == ident  # the VAE alone, as load_codec will read it
+    assert load_oobleck_codec(folder).identity() == ident  # the VAE alone, as load_codec reads it
+
+
+def test_load_codec_reads_the_teachers_vae(pipeline_folder):
+    from presto_ray.config import CodecConfig
+    from presto_ray.models.codec import load_codec
+
+    folder = pipeline_folder[1]
+    codec = load_codec(CodecConfig(name="oobleck", path=str(folder)))
+    assert codec.identity() == load_oobleck_codec(folder).identity()
+    with pytest.raises(ValueError, match=r"codec.sample_rate=44100 differs from the sample_rate 16000 in .*vae/config"):
+        load_codec(CodecConfig(name="oobleck", path=str(folder), sample_rate=44100))
+    with pytest.raises(ValueError, match="codec.name='oobleck' needs codec.path: a Stable Audio teacher folder"):
+        load_codec(CodecConfig(name="oobleck"))
 
 
 @pytest.mark.parametrize("breakage, match", [

@@ -305,16 +305,24 @@ class VAECodec(Codec):
 
 
 def load_codec(cfg: CodecConfig) -> Codec:
-    """The codec ``cfg`` names: ``mel`` -> MelCodec(cfg); ``vae`` -> VAECodec(cfg.path), whose
-    sample rate must equal codec.sample_rate (the rate audio is prepared at)."""
+    """The codec ``cfg`` names: ``mel`` -> MelCodec(cfg); ``vae`` -> VAECodec(cfg.path);
+    ``oobleck`` -> the VAE of the Stable Audio teacher folder cfg.path (local or s3://). A codec with
+    weights must run at codec.sample_rate (the rate audio is prepared at)."""
     if cfg.name == "mel":
         return MelCodec(cfg)
+    if cfg.name not in ("vae", "oobleck"):
+        raise ValueError(f"unknown codec.name '{cfg.name}' (expected 'mel', 'vae' or 'oobleck')")
+    if cfg.path is None:
+        needs = "a folder with codec.pt and codec.json" if cfg.name == "vae" else "a Stable Audio teacher folder"
+        raise ValueError(f"codec.name='{cfg.name}' needs codec.path: {needs}")
     if cfg.name == "vae":
-        if cfg.path is None:
-            raise ValueError("codec.name='vae' needs codec.path: a folder with codec.pt and codec.json")
-        codec = VAECodec(cfg.path)
-        if codec.sample_rate != cfg.sample_rate:
-            raise ValueError(f"codec.sample_rate={cfg.sample_rate} differs from the sample_rate "
-                             f"{codec.sample_rate} in {codec.path / 'codec.json'}")
-        return codec
-    raise ValueError(f"unknown codec.name '{cfg.name}' (expected 'mel' or 'vae')")
+        codec: Codec = VAECodec(cfg.path)
+        where = str(codec.path / "codec.json")
+    else:
+        from presto_ray.models.stable_audio_folder import load_oobleck_codec
+
+        codec, where = load_oobleck_codec(cfg.path), f"{cfg.path}/vae/config.json"
+    if codec.sample_rate != cfg.sample_rate:
+        raise ValueError(f"codec.sample_rate={cfg.sample_rate} differs from the sample_rate "
+                         f"{codec.sample_rate} in {where}")
+    return codec
