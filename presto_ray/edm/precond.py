@@ -116,42 +116,66 @@ def denoise(denoiser: "Denoiser", x: Tensor, sigma: Tensor | float, cond: Any, *
     return first_output(denoiser(x, as_sigma_batch(sigma, x), cond, **kw))
 
 
-class EDMPrecond(torch.nn.Module):
-    """Wrap a raw network F into the preconditioned denoiser D (a :class:`Denoiser`).
+class Preconditioner(torch.nn.Module):
+    """D(x; sigma, c) = c_skip x + c_out F(c_in x, t(sigma), c): a raw network F made a
+    :class:`Denoiser`. Subclasses give the objective's :meth:`time` and :meth:`coefficients`
+    (:class:`EDMPrecond` here; v-prediction and rectified flow in presto_ray.models.objectives).
 
-    ``net(x_in [B, ...], c_noise [B], cond, **kw)`` returns F [B, ...] or a tuple (F, aux);
+    ``net(x_in [B, ...], t [B], cond, **kw)`` returns F [B, ...] or a tuple (F, aux);
     ``forward(x [B, ...], sigma (float or [B]), cond, **kw)`` returns D [B, ...] (in x's dtype)
     or (D, aux) with aux passed through unchanged.
     """
 
-    def __init__(self, net: torch.nn.Module, sigma_data: float) -> None:
+    def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
-        if sigma_data <= 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
         self.net = net
-        self.sigma_data = float(sigma_data)
+
+    def time(self, sigma: Tensor) -> Tensor:
+        """The network's time input t(sigma): [B] -> [B]."""
+        raise NotImplementedError
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(c_skip, c_out, c_in), each of sigma's shape."""
+        raise NotImplementedError
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Any, **kw: Any) -> Tensor | tuple[Tensor, Any]:
         """x: [B, ...]; sigma: python float or [B]; returns D [B, ...] or (D, aux)."""
         sigma = as_sigma_batch(sigma, x)
-        s = expand_sigma(sigma, x)
-        sd = self.sigma_data
-        out = self.net((c_in(s, sd) * x).to(x.dtype), c_noise(sigma), cond, **kw)
+        skip, out_scale, in_scale = self.coefficients(expand_sigma(sigma, x))
+        out = self.net((in_scale * x).to(x.dtype), self.time(sigma), cond, **kw)
         aux = None
         is_tuple = isinstance(out, tuple)
         if is_tuple:
             if len(out) != 2:
                 raise ValueError(f"net returned a tuple of {len(out)} items, expected (F, aux)")
             out, aux = out
-        d = (c_skip(s, sd) * x + c_out(s, sd) * out.to(s.dtype)).to(x.dtype)
+        d = (skip * x + out_scale * out.to(skip.dtype)).to(x.dtype)
         return (d, aux) if is_tuple else d
 
     def hidden_state(self, x: Tensor, sigma: Tensor | float, cond: Any, block: int, **kw: Any) -> Tensor:
-        """The network's hidden state after ``block`` on the preconditioned input (c_in x, c_noise):
+        """The network's hidden state after ``block`` on the preconditioned input (c_in x, t):
         ``net.hidden_state``, which runs blocks 0..block only. x: [B, ...]; sigma: float or [B]."""
         sigma = as_sigma_batch(sigma, x)
-        x_in = (c_in(expand_sigma(sigma, x), self.sigma_data) * x).to(x.dtype)
-        return self.net.hidden_state(x_in, c_noise(sigma), cond, block, **kw)
+        in_scale = self.coefficients(expand_sigma(sigma, x))[2]
+        return self.net.hidden_state((in_scale * x).to(x.dtype), self.time(sigma), cond, block, **kw)
+
+
+class EDMPrecond(Preconditioner):
+    """EDM's preconditioning (the module docstring) of a raw network F, whose time input is
+    c_noise = ln(sigma) / 4."""
+
+    def __init__(self, net: torch.nn.Module, sigma_data: float) -> None:
+        super().__init__(net)
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def time(self, sigma: Tensor) -> Tensor:
+        return c_noise(sigma)
+
+    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        sd = self.sigma_data
+        return c_skip(sigma, sd), c_out(sigma, sd), c_in(sigma, sd)
 
     def extra_repr(self) -> str:
         return f"sigma_data={self.sigma_data}"

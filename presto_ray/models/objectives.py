@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from presto_ray.edm.precond import EDMPrecond, as_sigma_batch, expand_sigma
+from presto_ray.edm.precond import EDMPrecond, Preconditioner
 
 OBJECTIVES = ("edm", "v", "rectified_flow")
 
@@ -64,50 +64,7 @@ def flow_coefficients(sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return c_in, -sigma * c_in, c_in
 
 
-class ObjectivePrecond(torch.nn.Module):
-    """D(x; sigma) = c_skip x + c_out F(c_in x, t, cond) for a network trained with another objective.
-
-    ``net(x_in [B, ...], t [B], cond, **kw)`` returns F [B, ...] or a tuple (F, aux);
-    ``forward(x [B, ...], sigma (float or [B]), cond, **kw)`` returns D [B, ...] in x's dtype, or
-    (D, aux) with aux passed through unchanged, as :class:`~presto_ray.edm.precond.EDMPrecond`.
-    Subclasses define :meth:`time` and :meth:`coefficients`.
-    """
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def time(self, sigma: Tensor) -> Tensor:
-        """The network's time input t(sigma): [B] -> [B]."""
-        raise NotImplementedError
-
-    def coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(c_skip, c_out, c_in), each of sigma's shape."""
-        raise NotImplementedError
-
-    def forward(self, x: Tensor, sigma: Tensor | float, cond: Any, **kw: Any) -> Tensor | tuple[Tensor, Any]:
-        """x: [B, ...]; sigma: python float or [B]; returns D [B, ...] or (D, aux)."""
-        sigma = as_sigma_batch(sigma, x)
-        skip, out_scale, in_scale = self.coefficients(expand_sigma(sigma, x))
-        out = self.net((in_scale * x).to(x.dtype), self.time(sigma), cond, **kw)
-        aux = None
-        is_tuple = isinstance(out, tuple)
-        if is_tuple:
-            if len(out) != 2:
-                raise ValueError(f"net returned a tuple of {len(out)} items, expected (F, aux)")
-            out, aux = out
-        d = (skip * x + out_scale * out.to(skip.dtype)).to(x.dtype)
-        return (d, aux) if is_tuple else d
-
-    def hidden_state(self, x: Tensor, sigma: Tensor | float, cond: Any, block: int, **kw: Any) -> Tensor:
-        """``net.hidden_state(c_in x, t, cond, block, **kw)``: the network's state after ``block`` on the
-        preconditioned input. x: [B, ...]; sigma: float or [B]."""
-        sigma = as_sigma_batch(sigma, x)
-        in_scale = self.coefficients(expand_sigma(sigma, x))[2]
-        return self.net.hidden_state((in_scale * x).to(x.dtype), self.time(sigma), cond, block, **kw)
-
-
-class VPrecond(ObjectivePrecond):
+class VPrecond(Preconditioner):
     """v-prediction with alpha = cos, sigma_t = sin (Stable Audio Open 1.0; k-diffusion's VDenoiser).
 
     The network takes x_in = x / sqrt(sigma^2 + sd^2) and t = (2/pi) atan(sigma) and predicts
@@ -130,7 +87,7 @@ class VPrecond(ObjectivePrecond):
         return f"sigma_data={self.sigma_data}"
 
 
-class RectifiedFlowPrecond(ObjectivePrecond):
+class RectifiedFlowPrecond(Preconditioner):
     """Rectified flow x_t = (1 - t) x0 + t n with the network predicting F = n - x0.
 
     The network takes x_in = x / (1 + sigma) (= x_t) and t = sigma / (1 + sigma). The formula is
