@@ -23,7 +23,7 @@ import torch
 
 from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser
-from presto_ray.distill import networks
+from presto_ray.distill.methods import method_of
 from presto_ray.edm import ClassifierFreeGuidance, EDMPrecond, karras_sigmas, sample_pingpong, sample_teacher
 from presto_ray.models.codec import load_codec
 from presto_ray.models.cond import Cond
@@ -74,7 +74,7 @@ def load_prompts(path: str | Path) -> list[Prompt]:
 def default_sampler(cfg, role: str) -> str:
     """The sampler a ``role`` of an export with config ``cfg`` was trained for: "pingpong" for
     few-step students, else "teacher" (Heun/Euler with CFG)."""
-    return "pingpong" if role == "generator" and cfg.distill.method not in networks.LAYER_METHODS else "teacher"
+    return method_of(cfg, role).sampler
 
 
 def sampler_steps(cfg, sampler: str, steps: int | None) -> int:
@@ -128,14 +128,13 @@ class MusicGenerator:
         self.codec = load_codec(cfg.codec)
         self.text = load_text_encoder(cfg.text, device=self.runtime.device)
         self.role = role
-        layered = role == "generator" and cfg.distill.method in (*networks.LAYER_METHODS, "presto-ls")
-        if budget_schedule is not None and not budget_schedule.is_full and not layered:
+        method = method_of(cfg, role)
+        if budget_schedule is not None and not budget_schedule.is_full and not method.uses_budget_schedule:
             raise ValueError(f"{self.export.folder}: --budget-schedule needs a layer-dropping student "
-                             f"(presto-l, ase, presto-ls); this is the {role} of a "
-                             f"{cfg.distill.method if role == 'generator' else 'teacher'} run")
-        trained = networks.budget_schedule(cfg) if role == "generator" else BudgetSchedule([], [])
+                             f"(presto-l, ase, presto-ls); this is the {role} of a {method.name} run")
+        trained = method.budget_schedule(cfg)
         self.schedule = budget_schedule or trained
-        self.schedule.validate(cfg.model.depth, max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1)
+        self.schedule.validate(cfg.model.depth, method.lowest_budget(cfg.model))
         self.decoded_values = 0  # raw latent values decoded so far ...
         self.out_of_range_values = 0  # ... and how many of them lay outside the data's range (clamped)
 

@@ -227,17 +227,18 @@ def presto_s_update(run: PrestoSRun) -> PrestoS:
 
 
 def dmd2_update(run: PrestoSRun, student_steps: int) -> PrestoS:
-    """The ``dmd2`` baseline through the config path (PrestoS.from_config): one noise distribution
+    """The ``dmd2`` baseline through the config path (make_update): one noise distribution
     (inference) for everything, generator levels = the student's discrete Karras levels,
     non-saturating GAN loss."""
     from presto_ray.config import PrestoConfig
+    from presto_ray.distill.methods import make_update
 
     cfg = PrestoConfig.model_validate({
         "edm": {"sigma_data": SIGMA_DATA, "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO},
         "distill": {"method": "dmd2", "w_real": 1.0, "nu1": run.nu1, "nu2": run.nu2, "ttur": run.ttur,
                     "student_steps": student_steps, "student_rho": RHO},
     })
-    return PrestoS.from_config(cfg)
+    return make_update(cfg)
 
 
 def make_roles(mix, base: EDMPrecond, run: PrestoSRun) -> Roles:

@@ -13,7 +13,7 @@ from presto_ray.config import ConfigError, DiTConfig, load_config
 from presto_ray.distill.dmd import dmd_gradient, dmd_loss
 from presto_ray.distill.gan import discriminator_gan_loss, generator_gan_loss
 from presto_ray.distill.guidance import GuidanceModel
-from presto_ray.distill.networks import student_model_config
+from presto_ray.distill.methods import make_update, student_model_config
 from presto_ray.distill.presto_s import PrestoS
 from presto_ray.distill.roles import Roles, TorchRole
 from presto_ray.edm import EDMPrecond, GaussianMixtureDenoiser
@@ -203,11 +203,11 @@ def test_backward_simulation_feeds_the_generator_its_own_samples_at_the_discrete
 def test_dmd2_says_which_presto_s_keys_it_ignores(caplog):
     quiet = load_config("tiny", ["distill.method=dmd2"])
     with caplog.at_level("WARNING", logger="presto_ray.distill"):
-        update = PrestoS.from_config(quiet)
+        update = make_update(quiet)
     assert update.gan_loss == "nonsaturating" and not caplog.records
     loud = load_config("tiny", ["distill.method=dmd2", "distill.p_dmd.kind=inference"])
     with caplog.at_level("WARNING", logger="presto_ray.distill"):
-        update = PrestoS.from_config(loud)
+        update = make_update(loud)
     assert update.gan_loss == "nonsaturating" and update.p_dmd is update.p_gen  # still DMD2 as published
     (record,) = caplog.records
     assert "distill.p_dmd" in record.message and "distill.p_gen" not in record.message

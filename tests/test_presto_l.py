@@ -21,7 +21,7 @@ import torch
 from presto_ray.data.batch import batch_to_inputs, stack_rows
 from presto_ray.data.stats import LatentStats
 from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser, draw_budgets
-from presto_ray.distill.networks import build_networks, make_update, resolve_config, student_model_config
+from presto_ray.distill.methods import build_networks, make_update, resolve_config, student_model_config
 from presto_ray.distill.presto_l import PrestoL, dropped_error, hidden_std
 from presto_ray.distill.roles import Roles, TorchRole, frozen
 from presto_ray.edm import EDMLoss, EDMPrecond, make_noise

@@ -49,18 +49,19 @@ class PrestoL:
     p_uncond: float = 0.0  # condition dropout (the student is sampled with CFG, like its teacher)
 
     @classmethod
-    def from_config(cls, cfg, lowest: int) -> "PrestoL":
+    def from_config(cls, cfg, lowest: int, *, self_teacher: bool, on_schedule: bool) -> "PrestoL":
         """From a :class:`~presto_ray.config.PrestoConfig` (method presto-l or ase); ``lowest`` is the
-        lowest budget the student network allows."""
+        lowest budget the student network allows; ``self_teacher``: presto-l's target (else ase's
+        plain DSM); ``on_schedule``: train on ``distill.budget_schedule``'s budgets when it has any
+        (ase) instead of random ones."""
         d = cfg.distill
-        ase = d.method == "ase"
         schedule = BudgetSchedule.from_config(d.budget_schedule)
         if d.min_budget is not None and not lowest <= d.min_budget <= cfg.model.depth:
             raise ValueError(f"distill.min_budget={d.min_budget} must be in [{lowest}, depth={cfg.model.depth}]")
         return cls(p_layer=make_noise(d.p_layer, cfg.edm), sigma_data=cfg.edm.sigma_data,
                    lowest=max(lowest, d.min_budget or lowest), depth=cfg.model.depth,
-                   self_teacher=not ase, dsm_weight=0.0 if ase else d.dsm_weight, schedule=schedule,
-                   use_schedule=ase and not schedule.is_full, p_uncond=cfg.edm.p_uncond)
+                   self_teacher=self_teacher, dsm_weight=d.dsm_weight if self_teacher else 0.0, schedule=schedule,
+                   use_schedule=on_schedule and not schedule.is_full, p_uncond=cfg.edm.p_uncond)
 
     def budgets(self, sigma: Tensor, generator) -> Tensor:
         """LongTensor [B]: from the schedule (ase with a schedule) or uniform over [lowest, depth]."""

@@ -45,6 +45,12 @@ def _stats(prefix: str, x: Tensor) -> dict[str, Tensor]:
     return {f"{prefix}_mean": x.mean(), f"{prefix}_std": x.std()}
 
 
+def _student_levels(cfg) -> list[float]:
+    """The student's ping-pong noise levels (``distill.student_steps`` Karras levels, without 0)."""
+    d, edm = cfg.distill, cfg.edm
+    return [float(s) for s in karras_sigmas(d.student_steps, edm.sigma_min, edm.sigma_max, d.student_rho)[:-1]]
+
+
 @dataclass
 class PrestoS:
     """The Presto-S / DMD2 update over :class:`Roles` (generator, guidance, teacher).
@@ -74,27 +80,33 @@ class PrestoS:
 
     @classmethod
     def from_config(cls, cfg, schedule: BudgetSchedule | None = None) -> "PrestoS":
-        """From a :class:`~presto_ray.config.PrestoConfig` (``cfg.distill.method`` presto-s,
-        presto-ls or dmd2)."""
+        """Presto-S from a :class:`~presto_ray.config.PrestoConfig` (methods presto-s and presto-ls;
+        ``schedule``: the generator's budget schedule)."""
         d, edm = cfg.distill, cfg.edm
-        student = [float(s) for s in karras_sigmas(d.student_steps, edm.sigma_min, edm.sigma_max, d.student_rho)[:-1]]
-        if d.method == "dmd2":
-            defaults = type(d)()
-            ignored = [k for k in DMD2_REPLACES if getattr(d, k) != getattr(defaults, k)]
-            if ignored:
-                log.warning("distill.method=dmd2 ignores %s: DMD2 draws every noise level from "
-                            "distill.dmd2_noise (%s) and uses the non-saturating GAN loss",
-                            ", ".join(f"distill.{k}" for k in ignored), d.dmd2_noise.kind)
-            noise = make_noise(d.dmd2_noise, edm)
-            return cls(p_gen=noise, p_dmd=noise, p_dsm=noise, p_gan=noise, sigma_data=edm.sigma_data,
-                       w_real=d.w_real, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur, gan_loss="nonsaturating",
-                       gen_sigmas=list(d.gen_sigmas or student), backward_simulation=d.backward_simulation,
-                       sim_sigmas=list(d.gen_sigmas or student), schedule=schedule or BudgetSchedule([], []))
         return cls(p_gen=make_noise(d.p_gen, edm), p_dmd=make_noise(d.p_dmd, edm), p_dsm=make_noise(d.p_dsm, edm),
                    p_gan=make_noise(d.p_gan, edm), sigma_data=edm.sigma_data, w_real=d.w_real, nu1=d.nu1,
                    nu2=d.nu2, ttur=d.ttur, gan_loss=d.gan_loss, gen_sigmas=d.gen_sigmas,
-                   backward_simulation=d.backward_simulation, sim_sigmas=list(d.gen_sigmas or student),
+                   backward_simulation=d.backward_simulation, sim_sigmas=list(d.gen_sigmas or _student_levels(cfg)),
                    schedule=schedule or BudgetSchedule([], []))
+
+    @classmethod
+    def dmd2_from_config(cls, cfg, schedule: BudgetSchedule | None = None) -> "PrestoS":
+        """DMD2 as published from a :class:`~presto_ray.config.PrestoConfig` (method dmd2): every
+        noise level from ``distill.dmd2_noise`` (a warning names the ignored keys of
+        :data:`DMD2_REPLACES` that were set), generator levels the student's, non-saturating GAN loss."""
+        d, edm = cfg.distill, cfg.edm
+        student = _student_levels(cfg)
+        defaults = type(d)()
+        ignored = [k for k in DMD2_REPLACES if getattr(d, k) != getattr(defaults, k)]
+        if ignored:
+            log.warning("distill.method=dmd2 ignores %s: DMD2 draws every noise level from "
+                        "distill.dmd2_noise (%s) and uses the non-saturating GAN loss",
+                        ", ".join(f"distill.{k}" for k in ignored), d.dmd2_noise.kind)
+        noise = make_noise(d.dmd2_noise, edm)
+        return cls(p_gen=noise, p_dmd=noise, p_dsm=noise, p_gan=noise, sigma_data=edm.sigma_data,
+                   w_real=d.w_real, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur, gan_loss="nonsaturating",
+                   gen_sigmas=list(d.gen_sigmas or student), backward_simulation=d.backward_simulation,
+                   sim_sigmas=list(d.gen_sigmas or student), schedule=schedule or BudgetSchedule([], []))
 
     # ------------------------------------------------------------------------------ pieces
 

@@ -49,6 +49,7 @@ from presto_ray.eval.adherence import adherence_metrics
 from presto_ray.eval.loudness import loudness_metrics, outside_share, reference_range, rms_db
 from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule
+from presto_ray.distill.methods import method_of
 from presto_ray.eval.metrics import bootstrap_ci, fad, fad_checked, floor_split, kad, kad_ci, prdc_ci
 from presto_ray.generate import MusicGenerator, Prompt, default_sampler, resolve_role, sampler_steps, write_wav
 from presto_ray.train.export import Exported
@@ -112,14 +113,12 @@ class Sampling:
         """What sampling ``exported`` this way uses, as metrics.json records it: role, sampler,
         steps, cfg_scale (None: no guidance), s_churn (None: not a Heun/Euler sampler), schedule
         (None: full depth)."""
-        from presto_ray.distill.networks import budget_schedule
-
         cfg, role = exported.cfg, resolve_role(exported, self.role)
         sampler = self.sampler or default_sampler(cfg, role)
         if self.schedule is not None:
             schedule = BudgetSchedule.parse(self.schedule)
         else:
-            schedule = budget_schedule(cfg) if role == "generator" else BudgetSchedule([], [])
+            schedule = method_of(cfg, role).budget_schedule(cfg)
         steps = sampler_steps(cfg, sampler, self.steps)
         if sampler == "pingpong":
             scale, churn = self.cfg_scale, None
@@ -368,7 +367,7 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                     "reference": f"{what}: {m} clips through the codec, {len(floor_clips)} for the noise "
                                  f"floor, {len(ref_clips)} the reference",
                     "model": str(checkpoint),
-                    "method": gen.export.cfg.distill.method if gen.role == "generator" else "teacher",
+                    "method": method_of(gen.export.cfg, gen.role).name,
                     **sampling.resolved(gen.export), "data": str(data_uri), "reference_uris": reference_uris,
                     "seed": seed, "noise_seed": seed if noise_seed is None else noise_seed,
                     "embedding": embedder.name, "reference_cache": str(cached)})

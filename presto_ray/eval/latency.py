@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from presto_ray.distill.budget import BudgetSchedule
+from presto_ray.distill.methods import method_of
 from presto_ray.generate import MusicGenerator, Prompt, sampler_steps
 
 PROMPT = Prompt("a calm piano piece in C major, 4/4, 90 BPM", bpm=90.0, seed=0)
@@ -132,7 +133,7 @@ def benchmark(teacher: str, students: list[str], *, repeats: int = 5, warmup: in
     for path, role in [(teacher, "teacher"), *((s, "generator") for s in students)]:
         gen = MusicGenerator(path, role=role)
         clip_seconds = gen.frames_for(seconds) * gen.export.cfg.codec.hop_length / gen.sample_rate
-        method = "teacher" if role == "teacher" else gen.export.cfg.distill.method
+        method = method_of(gen.export.cfg, role).name
         for case in cases_for(gen, teacher_steps if role == "teacher" else (), student_steps):
             result = measure(gen, case, prompt=prompt, repeats=repeats, warmup=warmup)
             entry = {"model": str(path), "role": role, "method": method, "case": case.label, "sampler": case.sampler,

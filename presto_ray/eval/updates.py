@@ -2,8 +2,8 @@
 on the same prompts, seeds and reference, so that saturation (or a student still moving) is
 visible, and few-step methods are compared at equal generator updates (issue #18).
 
-A score-distillation run (presto-s, presto-ls, dmd2) updates its generator on every ``ttur``-th
-iteration (iterations 0, ttur, 2 ttur, ...); the others on every iteration.
+A method with :attr:`~presto_ray.distill.methods.Method.ttur` (presto-s, presto-ls, dmd2) updates its
+generator on every ``ttur``-th iteration (iterations 0, ttur, 2 ttur, ...); the others on every one.
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import math
 from pathlib import Path
 
 from presto_ray.data import storage
-from presto_ray.distill.networks import SCORE_METHODS
+from presto_ray.distill.methods import method_for
 from presto_ray.eval.evaluate import evaluate
 from presto_ray.train.export import STEP_DIR, Exported, ExportError, load_export
 
 log = logging.getLogger("presto_ray.updates")
 
-CURVE_METHODS = ("presto-s", "dmd2", "cd")
-"""The few-step methods whose curves the quickstart draws (the ones the paper compares)."""
-
-
 def generator_updates(method: str, ttur: int, step: int) -> int:
     """Generator updates made in the first ``step`` iterations of a ``method`` run."""
-    return math.ceil(step / ttur) if method in SCORE_METHODS else step
+    return math.ceil(step / ttur) if method_for(method).ttur else step
 
 
 def checkpoint_exports(run_dir: Path) -> list[Exported]:

@@ -32,18 +32,16 @@ from pathlib import Path
 
 from presto_ray.config import PrestoConfig, config_from_dict, deep_merge
 from presto_ray.data import storage
+from presto_ray.distill.methods import PRESTO_S, method_for
 from presto_ray.eval.evaluate import Sampling
 from presto_ray.eval.targets import CONTROLS, check, results_markdown
-from presto_ray.eval.updates import CURVE_METHODS, curve_is_current, update_curve
+from presto_ray.eval.updates import curve_is_current, update_curve
 from presto_ray.quickstart.plan import BASELINES, METHODS, Plan
 from presto_ray.quickstart.results import case_label, combine, table
 from presto_ray.quickstart.stages import Stages
 from presto_ray.train.export import SAMPLER_FILE, ExportError, find_export, load_export
 
 log = logging.getLogger("presto_ray.quickstart")
-
-LAYERED = ("presto-l", "presto-ls", "ase")
-"""Methods whose student samples under the plan's budget schedule."""
 
 
 def _with(cfg: PrestoConfig, tree: dict) -> PrestoConfig:
@@ -78,29 +76,30 @@ class TrainingSet:
         return self._loaded
 
 
-def distill_config(cfg: PrestoConfig, plan: Plan, method: str, runs: Path, teacher_run: Path) -> PrestoConfig:
-    """The config of one distill run of the quickstart: named after its method, from the teacher's
-    run (presto-ls: from the presto-l run), at the plan's steps and budget schedule. Presto-L draws
-    its training budgets from the schedule's lowest budget up to full depth (``distill.min_budget``):
-    the budgets the evaluation samples with, as ase trains on exactly them. ``plan.distill_lr``, when
-    set, is the learning rate of both trained roles; ``plan.ttur``, when it names the method, its
-    guidance updates per generator update. Each run keeps ``plan.curve_points`` checkpoints, the
-    points of its KAD-against-updates curve."""
-    distill: dict = {"method": method, "teacher": str(teacher_run), "init": None}
-    if method == "presto-ls":
-        distill["init"] = str(runs / "presto-l")
-    if method in LAYERED:
+def distill_config(cfg: PrestoConfig, plan: Plan, name: str, runs: Path, teacher_run: Path) -> PrestoConfig:
+    """The config of one distill run of the quickstart: named after its method ``name``, from the
+    teacher's run (presto-ls: from the presto-l run), at the plan's steps and budget schedule (the
+    methods that use one). Presto-L draws its training budgets from the schedule's lowest budget up
+    to full depth (``distill.min_budget``): the budgets the evaluation samples with, as ase trains on
+    exactly them. ``plan.distill_lr``, when set, is the learning rate of both trained roles;
+    ``plan.ttur``, when it names the method, its guidance updates per generator update. Each run
+    keeps ``plan.curve_points`` checkpoints, the points of its KAD-against-updates curve."""
+    method = method_for(name)
+    distill: dict = {"method": name, "teacher": str(teacher_run), "init": None}
+    if method.init_from is not None:
+        distill["init"] = str(runs / method.init_from)
+    if method.uses_budget_schedule:
         distill["budget_schedule"] = plan.budget_schedule(cfg.model)
-    if method == "presto-l":
-        distill["min_budget"] = min(distill["budget_schedule"]["budgets"])
+        if not method.trains_on_schedule:
+            distill["min_budget"] = min(distill["budget_schedule"]["budgets"])
     if plan.distill_lr is not None:
         distill["generator"] = {"lr": plan.distill_lr}
         distill["guidance"] = {"lr": plan.distill_lr}
-    if method in plan.ttur:
-        distill["ttur"] = plan.ttur[method]
-    steps = plan.steps_for(method)
+    if name in plan.ttur:
+        distill["ttur"] = plan.ttur[name]
+    steps = plan.steps_for(name)
     train = {"steps": steps, "checkpoint_every": max(1, math.ceil(steps / plan.curve_points))}
-    return _with(cfg, {"run": {"name": method}, "train": train, "distill": distill})
+    return _with(cfg, {"run": {"name": name}, "train": train, "distill": distill})
 
 
 @dataclass(frozen=True)
@@ -122,24 +121,22 @@ def eval_cases(plan: Plan, methods: tuple[str, ...], exported: dict) -> list[Eva
     steps, each method's student, presto-s at the plan's extra steps, and the undistilled control
     of each Presto student (:data:`~presto_ray.eval.targets.CONTROLS`). ``exported``: loaded
     exports by run name (teacher and each method)."""
-    from presto_ray.distill.networks import budget_schedule
-
     cases = [EvalCase("teacher", "teacher", "default", Sampling(role="teacher"))]
     cases += [EvalCase(f"teacher-{n}-steps", "teacher", f"{n} steps", Sampling(role="teacher", steps=n))
               for n in plan.teacher_extra_steps]
     for m in methods:
         mcfg = exported[m].cfg
         cases.append(EvalCase(m, m, case_label(m, mcfg, None)))
-        if m == "presto-s":
-            cases += [EvalCase(f"presto-s-{n}-steps", m, case_label(m, mcfg, n), Sampling(steps=n))
+        if method_for(m) is PRESTO_S:
+            cases += [EvalCase(f"{m}-{n}-steps", m, case_label(m, mcfg, n), Sampling(steps=n))
                       for n in plan.student_extra_steps]
     for m in methods:
         if m not in CONTROLS:
             continue
-        mcfg = exported[m].cfg
-        steps, schedule = mcfg.distill.student_steps, budget_schedule(mcfg)
+        mcfg, method = exported[m].cfg, method_for(m)
+        steps, schedule = mcfg.distill.student_steps, method.budget_schedule(mcfg)
         as_json = None if schedule.is_full else schedule.to_json()
-        if m == "presto-l":  # the student's own Heun sampler (steps, CFG, churn) under its schedule
+        if not method.few_step:  # the student's own Heun sampler (steps, CFG, churn) under its schedule
             own = mcfg.sampler
             first = Sampling(role="teacher", sampler="teacher", steps=own.steps, cfg_scale=own.cfg_scale,
                              s_churn=own.s_churn, schedule=as_json)
@@ -244,15 +241,15 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
 
     stages.run("teacher-sampler", not plan.sampler_steps or (find_export(teacher_run) / SAMPLER_FILE).is_file(),
                teacher_sampler)
-    for method in methods:
-        run_cfg = distill_config(cfg, plan, method, runs, teacher_run)
+    for name in methods:
+        run_cfg = distill_config(cfg, plan, name, runs, teacher_run)
 
         def distill(run_cfg: PrestoConfig = run_cfg) -> None:
             from presto_ray.train.distill import distill as run_distill
 
             run_distill(run_cfg, dataset=training_set.get()[0], address=address)
 
-        stages.run(f"distill {method}", finished_step(runs / method) >= run_cfg.train.steps, distill)
+        stages.run(f"distill {name}", finished_step(runs / name) >= run_cfg.train.steps, distill)
 
     exports = {"teacher": find_export(teacher_run), **{m: find_export(runs / m) for m in methods}}
     exported = {name: load_export(path) for name, path in exports.items()}
@@ -277,7 +274,7 @@ def quickstart(cfg: PrestoConfig, out: Path, *, plan: Plan = Plan(), with_baseli
                             "control_of": c.control_of, "metrics": metrics})
 
     curves = {}
-    for m in (m for m in CURVE_METHODS if m in methods):
+    for m in (m for m in methods if method_for(m).updates_curve):
         folder = evals / f"{m}-updates"
 
         def curve(m: str = m, folder: Path = folder) -> None:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from presto_ray.config import DiTConfig
+from presto_ray.distill.methods import Method
 
 METHODS = ("presto-l", "presto-s", "presto-ls")
 """The students every quickstart distils, in order (presto-ls starts from the presto-l run)."""
@@ -97,11 +98,11 @@ class Plan:
 
     def budget_schedule(self, model: DiTConfig) -> dict[str, list]:
         """``distill.budget_schedule`` for a student of ``model``: budgets are the fractions of its
-        depth, rounded up, at least one block (and the kept last blocks)."""
+        depth, rounded up, at least its lowest budget (one block, and the kept last blocks)."""
         if len(self.budget_fractions) != len(self.budget_edges) + 1:
             raise ValueError(f"budget_fractions needs one more entry than budget_edges, got "
                              f"{self.budget_fractions} and {self.budget_edges}")
-        lowest = max(1, model.keep_last)
+        lowest = Method.lowest_budget(model)
         budgets = [min(model.depth, max(lowest, math.ceil(f * model.depth))) for f in self.budget_fractions]
         return {"edges": list(self.budget_edges), "budgets": budgets}
 

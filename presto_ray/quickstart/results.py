@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from presto_ray.config import PrestoConfig
-from presto_ray.distill.networks import LAYER_METHODS, budget_schedule
+from presto_ray.distill.methods import method_for
 from presto_ray.eval.loudness import LOUDNESS_KEYS
 from presto_ray.eval.targets import entry_cells, floor_entry
 
@@ -30,10 +30,11 @@ ENTRY_KEYS = ("label", "name", "method", "case", "model", "control_of", "train_s
 def case_label(method: str, cfg: PrestoConfig, steps: int | None) -> str:
     """How ``presto_ray.eval.latency.cases_for`` names sampling a model of ``method`` (exported
     with ``cfg``) at ``steps`` (None: its default) under its own budget schedule."""
-    if method == "teacher":
+    sampled = method_for(method)
+    if not sampled.distilled:
         return "default" if steps is None else f"{steps} steps"
-    scheduled = not budget_schedule(cfg).is_full
-    if method in LAYER_METHODS:
+    scheduled = not sampled.budget_schedule(cfg).is_full
+    if not sampled.few_step:
         return "schedule" if scheduled else "default"
     return f"{cfg.distill.student_steps if steps is None else steps} steps" + (" + schedule" if scheduled else "")
 

@@ -50,8 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from presto_ray.config import BudgetScheduleConfig, config_from_dict
 from presto_ray.data import storage
 from presto_ray.sweep.space import error_message, load_space_file
-from presto_ray.distill import networks
 from presto_ray.distill.budget import BudgetSchedule
+from presto_ray.distill.methods import method_of
 from presto_ray.edm import karras_sigmas
 from presto_ray.eval.metrics import not_resolved_worse
 from presto_ray.generate import MusicGenerator, Prompt
@@ -482,12 +482,12 @@ def layer_drop_sweep(checkpoint: str, data: str, space: LayerDropSpace, out: str
     checkpoint, data, out = storage.absolute(checkpoint), storage.absolute(data), storage.absolute(out)
     gen = MusicGenerator(checkpoint)
     cfg = gen.export.cfg
-    if gen.role != "generator" or cfg.distill.method not in (*networks.LAYER_METHODS, "presto-ls"):
-        what = cfg.distill.method if gen.role == "generator" else "teacher"
+    method = method_of(cfg, gen.role)
+    if not method.uses_budget_schedule:
         raise ValueError(f"{gen.export.folder}: a layer-drop sweep needs a layer-dropping student (presto-l, "
-                         f"presto-ls, ase); this export holds a {what} model")
+                         f"presto-ls, ase); this export holds a {method.name} model")
     depth = cfg.model.depth
-    lowest = max(1, cfg.model.keep_last) if cfg.model.drop_mode == "presto" else 1
+    lowest = method.lowest_budget(cfg.model)
     candidates = make_candidates(space, depth, lowest, sampler_levels(gen, space.steps))
     rows = held_out_rows(data, space.prompts, space.seed)
     prompts = [Prompt(str(r["caption"]), float(r["bpm"]) if math.isfinite(float(r["bpm"])) else None, None,

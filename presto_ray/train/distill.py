@@ -16,7 +16,7 @@ import ray
 
 from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
-from presto_ray.distill.networks import resolve_config
+from presto_ray.distill.methods import method_for, resolve_config
 from presto_ray.train.cluster import ensure_ray
 from presto_ray.train.distill_loop import STEP_TRACE_ENV, distill_worker
 from presto_ray.train.export import Exported, load_export
@@ -57,12 +57,13 @@ def prepare_distill(cfg: PrestoConfig) -> tuple[PrestoConfig, Exported, dict, di
         raise ValueError("distill needs distill.teacher (or --teacher): the teacher's run, step or export folder")
     teacher, teacher_state = load_run_export(d.teacher, "teacher", "distill.teacher")
     init_cfg, init_state = None, None
-    if d.method == "presto-ls":
+    method = method_for(d.method)
+    if method.init_from is not None:
         if not d.init:
-            raise ValueError("presto-ls needs distill.init (or --init): the Presto-L run or export to start from")
+            raise ValueError(f"{method.name} needs distill.init (or --init): the {method.init_from} run or export "
+                             "to start from")
         init, init_state = load_run_export(d.init, "generator", "distill.init")
-        if init.cfg.distill.method != "presto-l":
-            raise ValueError(f"distill.init '{d.init}' was made by method '{init.cfg.distill.method}', not presto-l")
+        method.check_init(init.cfg, d.init)
         check_same_teacher(init, teacher, d.init)
         init_cfg = init.cfg
     resolved = resolve_config(cfg, teacher.cfg, init_cfg)

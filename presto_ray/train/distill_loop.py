@@ -21,7 +21,7 @@ from presto_ray.config import DiTConfig, config_from_dict
 from presto_ray.data.batch import batch_to_inputs
 from presto_ray.data.stats import LatentStats
 from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser
-from presto_ray.distill.networks import LAYER_METHODS, budget_schedule, build_networks, make_update
+from presto_ray.distill.methods import build_networks, make_update, method_for
 from presto_ray.distill.presto_l import dropped_error, hidden_std
 from presto_ray.distill.roles import Roles
 from presto_ray.edm import karras_sigmas, sample_pingpong
@@ -48,14 +48,16 @@ STEP_TRACE_ENV = "PRESTO_STEP_TRACE"
 def student_eval(cfg, roles: Roles, x0: torch.Tensor, cond, schedule: BudgetSchedule) -> dict[str, float]:
     """Fixed-batch evaluation on every rank (collective under ZeRO-3).
 
-    Layer methods: lambda-weighted error of the dropped student to the full teacher at the lowest
-    and the middle budget, and per-block hidden std (full vs middle budget) at sigma = 1.
-    Step methods: per-channel mean/std of ping-pong samples at 1 and ``student_steps`` steps
-    against the real batch's (``eval_moment_err@N``; the data has std sigma_data)."""
+    Students sampled like the teacher (presto-l, ase): lambda-weighted error of the dropped student
+    to the full teacher at the lowest and the middle budget, and per-block hidden std (full vs
+    middle budget) at sigma = 1. Few-step students: per-channel mean/std of ping-pong samples at 1
+    and ``student_steps`` steps against the real batch's (``eval_moment_err@N``; the data has std
+    sigma_data)."""
     d, edm, model = cfg.distill, cfg.edm, cfg.model
     out: dict[str, float] = {}
-    if d.method in LAYER_METHODS:
-        lowest = max(1, model.keep_last) if model.drop_mode == "presto" else 1
+    method = method_for(d.method)
+    if not method.few_step:
+        lowest = method.lowest_budget(model)
         for b in sorted({lowest, max(lowest, model.depth // 2)}):
             out[f"eval_dropped_err@{b}"] = dropped_error(roles.generator, roles.teacher, x0, cond, b,
                                                          cfg.train.eval_sigmas, edm.sigma_data, cfg.train.seed)
@@ -133,7 +135,7 @@ def distill_worker(loop_config: dict) -> None:
         return
 
     update = make_update(cfg)
-    schedule = budget_schedule(cfg)
+    schedule = method_for(cfg.distill.method).budget_schedule(cfg)
     guard = NonFiniteGuard(cfg.train.nan_patience)
     guard.skipped = state.skipped
     eval_x0, eval_cond = batch_to_inputs(loop_config["eval_batch"], stats, runtime.device)
