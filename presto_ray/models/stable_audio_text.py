@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from presto_ray.models.stable_audio import StableAudioCond
+from presto_ray.models.text import check_texts
 
 
 class StableAudioText:
@@ -48,13 +49,7 @@ class StableAudioText:
         """prompts: B strings -> (tokens [B, S, Dt] float32, the text encoder's last hidden state with
         padding set to 0; mask [B, S] bool, True at real tokens). The pipeline's tokenizer call: pad to
         S = max_tokens, truncate longer prompts."""
-        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-            raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-        if not prompts:
-            raise ValueError("prompts is empty: encode needs at least one prompt")
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+        check_texts(prompts, "prompt")
         batch = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_tokens, truncation=True,
                                return_tensors="pt")
         ids = batch.input_ids.to(self.device)

@@ -124,6 +124,18 @@ def _load(name: str, device: str) -> _Loaded:
     return _Loaded(tokenizer, model, source, config.model_type, int(dim), max_positions)
 
 
+def check_texts(texts: Any, what: str) -> None:
+    """Refuse anything but a non-empty list (or tuple) of strings, naming ``what`` ("caption",
+    "prompt") and the index of a non-string: TypeError or ValueError."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise TypeError(f"{what}s must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError(f"{what}s is empty: encode needs at least one {what}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what} {i} is a {type(text).__name__}, not a string")
+
+
 class TextEncoder:
     """Frozen text encoder producing fixed-length token states.
 
@@ -154,13 +166,8 @@ class TextEncoder:
         tokens are the encoder's last hidden states; positions where mask is False (padding) are 0.
         An empty or whitespace-only caption raises ValueError naming its index.
         """
-        if isinstance(captions, str) or not isinstance(captions, (list, tuple)):
-            raise TypeError(f"captions must be a list of strings, got {type(captions).__name__}")
-        if not captions:
-            raise ValueError("captions is empty: encode needs at least one caption")
+        check_texts(captions, "caption")
         for i, caption in enumerate(captions):
-            if not isinstance(caption, str):
-                raise TypeError(f"caption {i} is a {type(caption).__name__}, not a string")
             if not caption.strip():
                 raise ValueError(f"caption {i} is empty or whitespace only")
         batch = self._loaded.tokenizer(
