@@ -1,7 +1,7 @@
 """How big each quickstart stage is, in one place.
 
 The quickstart should finish in 20 minutes on a 2-core CPU with the ``tiny`` preset (issue #18); it
-took 26.7 on an idle one (docs/benchmarks.md has each stage's time). Each field says what its stage
+took 20.9 and 26.7 in two idle runs (docs/benchmarks.md has each stage's time). Each field says what its stage
 costs there; costs grow about linearly with the size. Everything else
 (model, batch size, learning rates, DiT depth) comes from the config the quickstart is given.
 """
