@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 
 from presto_ray.data import storage
+from presto_ray.data.stats import LatentStats
 from presto_ray.distill.budget import BudgetSchedule, ScheduledDenoiser
 from presto_ray.distill.methods import method_of
 from presto_ray.edm import ClassifierFreeGuidance, EDMPrecond, karras_sigmas, sample_pingpong, sample_teacher
@@ -102,6 +103,15 @@ def check_prompts(prompts: list[Prompt]) -> None:
 def resolve_role(exported: Exported, role: str = "auto") -> str:
     """"auto" -> the student ``generator`` when the export has one, else ``teacher``."""
     return ("generator" if "generator" in exported.roles else "teacher") if role == "auto" else role
+
+
+def out_of_range_share(stats: LatentStats, outside: int, decoded: int) -> float | None:
+    """Share of ``decoded`` latent values that lay outside the data's range (``outside`` of them,
+    as :meth:`MusicGenerator.decode` counts them); None when nothing was decoded or ``stats``
+    record no range."""
+    if not decoded or stats.low is None:
+        return None
+    return outside / decoded
 
 
 class MusicGenerator:
@@ -223,11 +233,8 @@ class MusicGenerator:
 
     @property
     def out_of_range_share(self) -> float | None:
-        """Share of the decoded latent values that lay outside the data's range (None before any
-        decode, or when the export has no range)."""
-        if not self.decoded_values or self.export.stats.low is None:
-            return None
-        return self.out_of_range_values / self.decoded_values
+        """:func:`out_of_range_share` of what this generator has decoded so far."""
+        return out_of_range_share(self.export.stats, self.out_of_range_values, self.decoded_values)
 
     def generate(self, prompts: list[Prompt], *, batch_size: int = 8, progress: bool = True,
                  **kw) -> list[np.ndarray]:

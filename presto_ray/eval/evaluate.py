@@ -51,7 +51,8 @@ from presto_ray.data import storage
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.distill.methods import method_of
 from presto_ray.eval.metrics import bootstrap_ci, fad, fad_checked, floor_split, kad, kad_ci, prdc_ci
-from presto_ray.generate import MusicGenerator, Prompt, default_sampler, resolve_role, sampler_steps, write_wav
+from presto_ray.generate import (MusicGenerator, Prompt, default_sampler, out_of_range_share, resolve_role,
+                                 sampler_steps, write_wav)
 from presto_ray.train.export import Exported
 
 log = logging.getLogger("presto_ray.evaluate")
@@ -340,8 +341,7 @@ def evaluate(checkpoint: str, data_uri: str, out_dir: str | Path, *, n: int = 32
                    floor_kad_ci=list(kad_ci(floor_feats, ref_feats, **pair, n_boot=BOOTSTRAP, seed=seed)))
     ref_db = reference_loudness(ref_audio, seed)
     metrics.update(loudness_metrics(generated, ref_db[ref_clips]))
-    ranged = gen.export.stats.low is not None
-    metrics["latent_out_of_range_share"] = outside / decoded if ranged and decoded else None
+    metrics["latent_out_of_range_share"] = out_of_range_share(gen.export.stats, outside, decoded)
     metrics["floor_loudness_outside_share"] = outside_share(ref_db[floor_clips], reference_range(ref_db[ref_clips]))
     if clap is not None:
         from presto_ray.eval.clap import ClapEmbedder, clap_score
