@@ -57,6 +57,25 @@ _positive = _int_at_least(1, "a count of steps, clips, ...")
 _non_negative = _int_at_least(0, "warm-up repeats, Ray workers where 0 means in-process")
 
 
+class _DistilledMethods:
+    """The choices of ``--method``: the registry's distilled methods, imported only when argparse
+    checks a value or prints help (the registry pulls in torch; the parser itself stays light)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from presto_ray.distill.methods import distilled_methods
+
+        return distilled_methods()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
 def _positive_list(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated integers, each >= 1 ("4,8"; "" for none)."""
     return tuple(_positive(v.strip()) for v in text.split(",") if v.strip())
@@ -341,7 +360,7 @@ COMMANDS: tuple[Command, ...] = (
                         "(generator.safetensors + config with its sampler defaults and budget schedule) lands in "
                         "every checkpoint's export/.", args=(
         *CONFIG,
-        Arg("--method", choices=["presto-s", "presto-l", "presto-ls", "dmd2", "ase", "cd"],
+        Arg("--method", choices=_DistilledMethods(),
             help="overrides distill.method (default presto-s)"),
         TEACHER,
         Arg("--init", help="overrides distill.init: the presto-l run/export presto-ls starts from"),

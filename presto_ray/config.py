@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -272,7 +272,7 @@ class DistillConfig(_Section):
     the layer-dropping fields; ``cd`` uses the teacher's Heun step over ``cd_steps`` Karras levels.
     """
 
-    method: Literal["presto-s", "presto-l", "presto-ls", "dmd2", "ase", "cd"] = "presto-s"
+    method: str = "presto-s"  # a distilled method of presto_ray.distill.methods.REGISTRY
     teacher: str | None = None  # the teacher: an export, step or run folder (local or s3://)
     teacher_zero3: bool = False  # shard the frozen teacher with a ZeRO-3 inference engine (when it does not fit)
     init: str | None = None  # presto-ls: the Presto-L run/export the generator starts from
@@ -323,6 +323,15 @@ class DistillConfig(_Section):
             raise ValueError(f"gen_sigmas must be positive noise levels, got {self.gen_sigmas}")
         return self
 
+    @model_validator(mode="after")
+    def _known_method(self) -> "DistillConfig":
+        from presto_ray.distill.methods import distilled_methods  # the registry imports this module
+
+        if self.method not in distilled_methods():
+            raise ValueError(f"unknown method '{self.method}'; distill.method is one of {', '.join(distilled_methods())}")
+        return self
+
+
 
 class RunConfig(_Section):
     """Run identity: checkpoints live under ``<storage_path>/<name>/``; relaunching the same
@@ -343,7 +352,7 @@ class PrestoConfig(_Section):
     data: DataConfig = DataConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
-    distill: DistillConfig = DistillConfig()
+    distill: DistillConfig = Field(default_factory=DistillConfig)  # built on use: its check reads the method registry
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from presto_ray.config import NoiseConfig
 from presto_ray.generate import MusicGenerator, Prompt
 from presto_ray.models.dit import DiT1D
 from presto_ray.train.distill import distill
-from presto_ray.train.distill_loop import STEP_TRACE_ENV
+from presto_ray.train.loop import STEP_TRACE_ENV
 from presto_ray.train.export import load_export, write_export
 
 

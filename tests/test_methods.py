@@ -1,16 +1,19 @@
 """The method registry (presto_ray.distill.methods): what each method is, as one table."""
 
-from typing import get_args
+import math
 
 import pytest
 import torch
 
-from presto_ray.config import DistillConfig, load_config
+from presto_ray.config import ConfigError, load_config
 from presto_ray.distill.cd import ConsistencyDistillation
-from presto_ray.distill.methods import REGISTRY, TEACHER, method_for, method_of, resolve_config
+from presto_ray.distill.edm_training import EDMTraining
+from presto_ray.distill.methods import REGISTRY, TEACHER, distilled_methods, method_for, method_of, resolve_config
 from presto_ray.distill.networks import precond_network
 from presto_ray.distill.presto_l import PrestoL
 from presto_ray.distill.presto_s import PrestoS
+from presto_ray.distill.roles import Roles
+from presto_ray.models.cond import Cond
 
 # name: trained roles, frozen roles, sampler, few-step, uses / trains on a budget schedule, ttur,
 # generator from, update class, and the lowest budget of its student (tiny: depth 6, keep_last 1;
@@ -22,7 +25,7 @@ TABLE = {
     "dmd2": (("generator", "guidance"), ("teacher",), "pingpong", True, False, False, True, None, PrestoS, 1),
     "ase": (("generator",), ("teacher",), "teacher", False, True, True, False, None, PrestoL, 1),
     "cd": (("generator",), ("teacher", "target"), "pingpong", True, False, False, False, None, ConsistencyDistillation, 1),
-    "teacher": (("teacher",), (), "teacher", False, False, False, False, None, None, 1),
+    "teacher": (("teacher",), (), "teacher", False, False, False, False, None, EDMTraining, 1),
 }
 
 
@@ -42,7 +45,12 @@ def _weights(cfg) -> dict:
 
 def test_the_registry_holds_every_method_once_and_the_config_names_the_distilled_ones():
     assert list(REGISTRY) == list(TABLE)
-    assert set(get_args(DistillConfig.model_fields["method"].annotation)) == {n for n, m in REGISTRY.items() if m.distilled}
+    assert distilled_methods() == ("presto-s", "presto-l", "presto-ls", "dmd2", "ase", "cd")
+    for name in distilled_methods():  # the config takes its method names from the registry
+        assert load_config("tiny", [f"distill.method={name}"]).distill.method == name
+    with pytest.raises(ConfigError, match="unknown method 'teacher'; distill.method is one of presto-s, presto-l, "
+                                          "presto-ls, dmd2, ase, cd"):
+        load_config("tiny", ["distill.method=teacher"])
     assert all(method_for(name).name == name for name in REGISTRY)
     assert [n for n, m in REGISTRY.items() if m.updates_curve] == ["presto-s", "dmd2", "cd"]  # the paper's comparison
 
@@ -58,8 +66,12 @@ def test_each_method_answers_from_the_table(name):
     if not method.distilled:
         cfg = load_config("tiny")
         assert method.lowest_budget(cfg.model) == lowest and method.budget_schedule(cfg).is_full
-        with pytest.raises(ValueError, match="'teacher' is not distilled"):
-            method.make_update(cfg)
+        assert type(method.make_update(cfg)) is update_class
+        torch.manual_seed(0)
+        nets = method.build_networks(cfg)  # a fresh teacher network, trained
+        assert sorted(nets) == ["teacher"] and all(p.requires_grad for p in nets["teacher"].parameters())
+        scores = _evaluate(method, cfg, Roles(generator=nets["teacher"]))
+        assert set(scores) == {"eval_loss", *(f"eval_loss@{s:g}" for s in cfg.train.eval_sigmas)}
         return
     cfg, teacher = _run_config(name)
     assert method.lowest_budget(cfg.model) == lowest
@@ -71,6 +83,23 @@ def test_each_method_answers_from_the_table(name):
     assert sorted(nets) == sorted(trained + frozen)
     assert all(not p.requires_grad for role in frozen for p in nets[role].parameters())
     assert all(p.requires_grad for role in trained for p in nets[role].parameters())
+    scores = _evaluate(method, cfg, Roles(generator=nets["generator"], teacher=nets["teacher"]))
+    if method.few_step:  # its samples' moments at 1 and at its own steps
+        assert set(scores) == {"eval_moment_err@1", f"eval_moment_err@{cfg.distill.student_steps}"}
+    else:  # the dropped student against the full teacher at its lowest and the middle budget
+        budgets = {lowest, max(lowest, cfg.model.depth // 2)}
+        assert {k for k in scores if k.startswith("eval_")} == {f"eval_dropped_err@{b}" for b in budgets}
+
+
+def _evaluate(method, cfg, roles) -> dict[str, float]:
+    """The method's fixed-batch evaluation on two random latents and captions; every value finite."""
+    g = torch.Generator().manual_seed(0)
+    x0 = cfg.edm.sigma_data * torch.randn(2, cfg.model.latent_channels, cfg.model.latent_frames, generator=g)
+    cond = Cond(tokens=torch.randn(2, 5, cfg.model.text_dim, generator=g), mask=torch.ones(2, 5, dtype=torch.bool),
+                bpm=torch.tensor([90.0, 120.0]))
+    scores = method.evaluate(cfg, roles, x0, cond)
+    assert all(math.isfinite(v) for v in scores.values()), scores
+    return scores
 
 
 def test_the_schedule_is_checked_against_the_students_lowest_budget():

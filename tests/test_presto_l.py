@@ -27,7 +27,7 @@ from presto_ray.distill.roles import Roles, TorchRole, frozen
 from presto_ray.edm import EDMLoss, EDMPrecond, make_noise
 from presto_ray.models.cond import Cond
 from presto_ray.models.dit import DiT1D
-from presto_ray.train.teacher_loop import fixed_eval_loss
+from presto_ray.edm.loss import fixed_eval_loss
 
 DEPTH = 6
 BUDGET = 3  # of 6: presto runs blocks 0, 1, 5; ase runs blocks 0, 1, 2

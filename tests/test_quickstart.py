@@ -18,7 +18,7 @@ from presto_ray.cli import main
 from presto_ray.config import load_config
 from presto_ray.eval.targets import check
 from presto_ray.quickstart import BASELINES, METHODS, Plan, quickstart
-from presto_ray.quickstart.pipeline import distill_config, finished_step
+from presto_ray.quickstart.runs import distill_config, finished_step
 from presto_ray.quickstart.results import ENTRY_KEYS, case_label
 from presto_ray.train.export import load_export
 

@@ -15,7 +15,7 @@ from presto_ray.data.batch import batch_to_inputs, stack_rows
 from presto_ray.edm import EDMPrecond
 from presto_ray.models.dit import DiT1D
 from presto_ray.train.teacher import train_teacher
-from presto_ray.train.teacher_loop import fixed_eval_loss
+from presto_ray.edm.loss import fixed_eval_loss
 
 
 def _cfg(base, tmp_path, name, **overrides):

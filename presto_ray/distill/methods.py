@@ -21,13 +21,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from presto_ray.config import DiTConfig, PrestoConfig
+from presto_ray.config import DiTConfig, PrestoConfig, TrainConfig
 from presto_ray.distill.budget import BudgetSchedule
 from presto_ray.distill.cd import ConsistencyDistillation, make_target
+from presto_ray.distill.edm_training import EDMTraining
+from presto_ray.distill.evaluation import dropped_layers, few_step_moments
 from presto_ray.distill.networks import guidance_network, layer_student_model, precond_network, with_teacher_settings
 from presto_ray.distill.presto_l import PrestoL
 from presto_ray.distill.presto_s import PrestoS
-from presto_ray.distill.roles import frozen
+from presto_ray.distill.roles import Roles, frozen
+from presto_ray.edm.loss import fixed_eval_loss
+from presto_ray.edm.precond import EDMPrecond
+from presto_ray.models.dit import DiT1D
 
 StateDict = dict[str, torch.Tensor]
 
@@ -57,6 +62,11 @@ class Method:
     def distilled(self) -> bool:
         """A distilled student (it has a generator), as opposed to the teacher."""
         return "generator" in self.trained
+
+    @property
+    def main_role(self) -> str:
+        """The role whose weights the run exports, checkpoints a digest of and keeps an EMA of."""
+        return self.trained[0]
 
     @property
     def few_step(self) -> bool:
@@ -104,8 +114,18 @@ class Method:
                 "generator": precond_network(cfg.model, cfg, generator_state)}
 
     def make_update(self, cfg: PrestoConfig):
-        """The update object of a run of ``cfg`` (its ``step(roles, x0, cond, iteration, ...)``)."""
+        """The update object of a run of ``cfg``: ``step(roles, x0, cond, iteration, generator=,
+        guard=) -> metrics``, stepping each trained role through ``guarded_step``."""
         raise ValueError(f"method '{self.name}' is not distilled: it has no distillation update")
+
+    def role_train(self, cfg: PrestoConfig, role: str) -> TrainConfig:
+        """The optimiser settings of trained ``role``: ``train`` with ``distill.<role>``'s overrides."""
+        return getattr(cfg.distill, role).apply_to(cfg.train)
+
+    def evaluate(self, cfg: PrestoConfig, roles: Roles, x0: torch.Tensor, cond) -> dict[str, float]:
+        """The fixed-batch evaluation of a run (x0 [B, C, T] normalised latents): for a few-step
+        student the moments of its 1- and N-step samples (:func:`few_step_moments`)."""
+        return few_step_moments(cfg, roles, x0, cond, self.budget_schedule(cfg))
 
 
 @dataclass(frozen=True)
@@ -156,6 +176,10 @@ class LayerMethod(Method):
         return PrestoL.from_config(cfg, self.lowest_budget(cfg.model), self_teacher=self.self_teacher,
                                    on_schedule=self.trains_on_schedule)
 
+    def evaluate(self, cfg: PrestoConfig, roles: Roles, x0: torch.Tensor, cond) -> dict[str, float]:
+        """The dropped student's error to the full teacher and its hidden-state scale (:func:`dropped_layers`)."""
+        return dropped_layers(cfg, roles, x0, cond, self.lowest_budget(cfg.model))
+
 
 @dataclass(frozen=True)
 class ConsistencyMethod(Method):
@@ -171,7 +195,28 @@ class ConsistencyMethod(Method):
         return ConsistencyDistillation.from_config(cfg)
 
 
-TEACHER = Method("teacher", trained=("teacher",), frozen=(), sampler="teacher")
+@dataclass(frozen=True)
+class TeacherMethod(Method):
+    """The EDM teacher's own training (``train-teacher``): one trained role, no frozen ones."""
+
+    def build_networks(self, cfg: PrestoConfig, teacher_state: StateDict | None = None,
+                       teacher_model: DiTConfig | None = None,
+                       init_state: StateDict | None = None) -> dict[str, nn.Module]:
+        """A freshly initialised EDM-preconditioned DiT of ``cfg.model`` (from torch's global RNG)."""
+        return {"teacher": EDMPrecond(DiT1D(cfg.model), cfg.edm.sigma_data)}
+
+    def make_update(self, cfg: PrestoConfig) -> EDMTraining:
+        return EDMTraining.from_config(cfg)
+
+    def role_train(self, cfg: PrestoConfig, role: str) -> TrainConfig:
+        return cfg.train
+
+    def evaluate(self, cfg: PrestoConfig, roles: Roles, x0: torch.Tensor, cond) -> dict[str, float]:
+        """The denoising loss on the fixed batch at ``train.eval_sigmas`` (:func:`fixed_eval_loss`)."""
+        return fixed_eval_loss(roles.generator, x0, cond, cfg.train.eval_sigmas, cfg.edm.sigma_data, cfg.train.seed)
+
+
+TEACHER = TeacherMethod("teacher", trained=("teacher",), frozen=(), sampler="teacher")
 """The EDM teacher itself (trained by ``train-teacher``, not distilled)."""
 PRESTO_S = ScoreMethod("presto-s", trained=("generator", "guidance"), ttur=True, updates_curve=True)
 PRESTO_L = LayerMethod("presto-l", trained=("generator",), sampler="teacher", uses_budget_schedule=True)
@@ -184,6 +229,11 @@ CD = ConsistencyMethod("cd", trained=("generator",), frozen=("teacher", "target"
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (PRESTO_S, PRESTO_L, PRESTO_LS, DMD2, ASE, CD, TEACHER)}
 """Every method by name (``distill.method`` names one of the distilled ones)."""
+
+
+def distilled_methods() -> tuple[str, ...]:
+    """The names ``distill.method`` may take (every registered method but the teacher), in registry order."""
+    return tuple(name for name, method in REGISTRY.items() if method.distilled)
 
 
 def method_for(name: str) -> Method:

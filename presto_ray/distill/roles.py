@@ -62,16 +62,18 @@ class TorchRole:
 
 @dataclass
 class Roles:
-    """The networks of one distillation run.
+    """The networks of one training run (a distillation, or the teacher's own training).
 
-    generator: trained role, a denoiser ``(x, sigma [B], cond, **kw) -> x0_hat``;
+    generator: trained role, a denoiser ``(x, sigma [B], cond, **kw) -> x0_hat`` (the student; in
+    ``train-teacher`` the teacher being trained);
     guidance: trained role (presto-s, dmd2), a :class:`~presto_ray.distill.guidance.GuidanceModel`;
-    teacher: frozen denoiser (network or analytic), called without gradients;
+    teacher: frozen denoiser (network or analytic), called without gradients (None in
+    ``train-teacher``);
     target: frozen EMA copy of the generator (cd only).
     """
 
     generator: TrainedRole
-    teacher: Callable[..., Tensor]
+    teacher: Callable[..., Tensor] | None = None
     guidance: TrainedRole | None = None
     target: nn.Module | None = None
 

@@ -64,3 +64,19 @@ class EDMLoss:
 
     def __repr__(self) -> str:
         return f"EDMLoss(p_sigma={self.p_sigma!r}, sigma_data={self.sigma_data})"
+
+
+@torch.no_grad()
+def fixed_eval_loss(denoiser: "Denoiser", x0: Tensor, cond: Any, sigmas: list[float], sigma_data: float,
+                    seed: int) -> dict[str, float]:
+    """Denoising loss on a fixed batch x0 [B, C, T] at a fixed sigma grid with fixed noise.
+
+    Returns {"eval_loss": mean over the grid, "eval_loss@<sigma>": per sigma}."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = {}
+    for s in sigmas:
+        noise = torch.randn(x0.shape, generator=gen).to(x0)
+        sigma = torch.full((x0.shape[0],), s, device=x0.device)
+        out[f"eval_loss@{s:g}"] = denoising_loss(denoiser, x0, sigma, cond, noise, sigma_data=sigma_data).mean().item()
+    out["eval_loss"] = sum(out.values()) / len(sigmas)
+    return out

@@ -2,7 +2,7 @@
 ttur and noise distributions searched with Ray Tune.
 
 Each trial is a Ray Train distillation run (:func:`presto_ray.train.distill.distill`) driven by a
-Tune function: the workers' fixed-batch evaluations (``student_eval``) reach Tune through Ray
+Tune function: the workers' fixed-batch evaluations (the method's ``evaluate``) reach Tune through Ray
 Train's ``TuneReportCallback`` while the run trains, and ASHA stops the trials that trail at its
 rungs. The search space is a YAML file (``tuning/loss_weights.yaml``) read by :func:`load_space`.
 

@@ -2,7 +2,7 @@
 
 The driver loads the teacher's export (and, for presto-ls, the Presto-L student's), resolves the
 student's config from it, puts the weights in the Ray object store and launches the workers of
-:mod:`presto_ray.train.distill_loop`. Relaunching with the same run name resumes.
+:mod:`presto_ray.train.loop`. Relaunching with the same run name resumes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from presto_ray.config import PrestoConfig
 from presto_ray.data import storage
 from presto_ray.distill.methods import method_for, resolve_config
 from presto_ray.train.cluster import ensure_ray
-from presto_ray.train.distill_loop import STEP_TRACE_ENV, distill_worker
+from presto_ray.train.loop import STEP_TRACE_ENV
 from presto_ray.train.export import Exported, load_export
 from presto_ray.train.teacher import training_data
 from presto_ray.train.trainer import build_trainer, run_uri
@@ -86,13 +86,13 @@ def distill(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None, addre
     bad_rows = probe = None
     if dataset is None:
         dataset, probe, _, bad_rows = training_data(cfg)
-    extra = {"bad_rows": bad_rows, "teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model.model_dump(mode="json"),
+    extra = {"bad_rows": bad_rows, "teacher": ray.put(teacher_state), "teacher_model": teacher.cfg.model,
              "init": ray.put(init_state) if init_state is not None else None,
              "step_trace": os.environ.get(STEP_TRACE_ENV)}
     log.info("distill %s: teacher %s (step %d), %d workers, %d steps", cfg.distill.method, cfg.distill.teacher,
              teacher.step, cfg.train.num_workers, cfg.train.steps)
     # the student normalises latents exactly as its teacher was trained
-    result = build_trainer(distill_worker, cfg, dataset, teacher.stats, extra, probe=probe,
+    result = build_trainer(cfg.distill.method, cfg, dataset, teacher.stats, extra, probe=probe,
                            callbacks=callbacks).fit()
     log.info("distill run '%s' finished; latest checkpoint: %s", cfg.run.name,
              result.checkpoint.path if result.checkpoint else None)

@@ -13,7 +13,6 @@ import ray.data
 from presto_ray.config import PrestoConfig
 from presto_ray.data.stats import LatentStats
 from presto_ray.train.cluster import ensure_ray
-from presto_ray.train.teacher_loop import teacher_worker
 from presto_ray.train.trainer import build_trainer
 
 log = logging.getLogger("presto_ray.train")
@@ -101,7 +100,7 @@ def training_data(cfg: PrestoConfig) -> TrainingData:
 def build_teacher_trainer(cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats, bad_rows=None,
                           probe: ray.data.Dataset | None = None):
     """The teacher's TorchTrainer (see :func:`presto_ray.train.trainer.build_trainer`)."""
-    return build_trainer(teacher_worker, cfg, dataset, stats, {"bad_rows": bad_rows}, probe=probe)
+    return build_trainer("teacher", cfg, dataset, stats, {"bad_rows": bad_rows}, probe=probe)
 
 
 def train_teacher(cfg: PrestoConfig, *, dataset: ray.data.Dataset | None = None,

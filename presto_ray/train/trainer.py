@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import pyarrow.fs as pafs
 import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -15,6 +13,7 @@ from presto_ray.data import storage
 from presto_ray.data.batch import TRAIN_COLUMNS, stack_rows
 from presto_ray.data.stats import LatentStats
 from presto_ray.runtime import choose_runtime
+from presto_ray.train.loop import WorkerConfig, train_worker
 
 
 def check_rows(rows: list[dict], cfg: PrestoConfig) -> None:
@@ -46,17 +45,19 @@ def run_uri(cfg: PrestoConfig) -> str:
     return storage.join(storage.absolute(cfg.run.storage_path), cfg.run.name)
 
 
-def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ray.data.Dataset,
-                  stats: LatentStats, extra: dict | None = None, probe: ray.data.Dataset | None = None,
+def build_trainer(method: str, cfg: PrestoConfig, dataset: ray.data.Dataset, stats: LatentStats,
+                  extra: dict | None = None, probe: ray.data.Dataset | None = None,
                   callbacks: list | None = None) -> TorchTrainer:
-    """A TorchTrainer running ``worker(loop_config)`` on ``cfg.train.num_workers`` workers.
+    """A TorchTrainer running :func:`~presto_ray.train.loop.train_worker` for ``method`` (a
+    registered method name; "teacher" for ``train-teacher``) on ``cfg.train.num_workers`` workers.
 
-    loop_config holds config (dict), latent_stats (dict), eval_batch (column -> array), run_uri
-    and ``extra``. The run folder gets config.yaml; a relaunch with the same run name resumes.
-    The driver's checks and the fixed evaluation batch read ``probe`` (default ``dataset``): a
-    shard dataset's file order advances one epoch per execution, so the workers must be the first
-    to execute it. ``callbacks`` go to the run's RunConfig (e.g. Tune's TuneReportCallback when a
-    Tune trial drives the run)."""
+    Every worker gets a :class:`~presto_ray.train.loop.WorkerConfig` of the method, ``cfg``,
+    ``stats``, the fixed evaluation batch, the run folder and ``extra`` (its other fields). The
+    run folder gets config.yaml; a relaunch with the same run name resumes. The driver's checks
+    and the fixed evaluation batch read ``probe`` (default ``dataset``): a shard dataset's file
+    order advances one epoch per execution, so the workers must be the first to execute it.
+    ``callbacks`` go to the run's RunConfig (e.g. Tune's TuneReportCallback when a Tune trial
+    drives the run)."""
     probe = dataset if probe is None else probe
     # the driver's one read: the first rows the checks and the fixed evaluation batch need (not a
     # full pass over S3)
@@ -72,11 +73,9 @@ def build_trainer(worker: Callable[[dict], None], cfg: PrestoConfig, dataset: ra
     if fs_run.get_file_info(config_path).type == pafs.FileType.NotFound:  # the config the run started with
         storage.write_bytes_atomic(config_uri, config_to_yaml(cfg).encode())
     return TorchTrainer(
-        worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"), "latent_stats": stats.to_dict(),
-            "eval_batch": stack_rows(eval_rows), "run_uri": uri, **(extra or {}),
-        },
+        train_worker,
+        train_loop_config={"worker": WorkerConfig(method=method, config=cfg, latent_stats=stats,
+                                                  eval_batch=stack_rows(eval_rows), run_uri=uri, **(extra or {}))},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
