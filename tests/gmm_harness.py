@@ -84,6 +84,49 @@ def ring() -> GaussianMixtureDenoiser:
 MIXTURES = {"three": mixture, "ring": ring}
 
 
+class ExactV(torch.nn.Module):
+    """The exact v-prediction network of mixture ``mix``: on x_t = cos(phi) x0 + sin(phi) n with
+    phi = pi t / 2 it returns v = cos(phi) n_hat - sin(phi) x0_hat, x0_hat = E[x0 | x_t] and
+    n_hat = (x_t - cos(phi) x0_hat) / sin(phi). Derived from the process, not from VPrecond."""
+
+    def __init__(self, mix: GaussianMixtureDenoiser) -> None:
+        super().__init__()
+        self.mix = mix
+
+    def forward(self, x_t, t, cond):
+        phi = (t * math.pi / 2)[:, None]
+        cos, sin = phi.cos(), phi.sin()
+        x0_hat = self.mix(x_t / cos, sin / cos)  # x_t / alpha = x0 + tan(phi) n: the EDM process at sigma = tan(phi)
+        n_hat = (x_t - cos * x0_hat) / sin
+        return cos * n_hat - sin * x0_hat
+
+
+class ExactFlow(torch.nn.Module):
+    """The exact rectified-flow network of mixture ``mix``: on x_t = (1 - t) x0 + t n it returns
+    n_hat - x0_hat, x0_hat = E[x0 | x_t] and n_hat = (x_t - (1 - t) x0_hat) / t."""
+
+    def __init__(self, mix: GaussianMixtureDenoiser) -> None:
+        super().__init__()
+        self.mix = mix
+
+    def forward(self, x_t, t, cond):
+        t = t[:, None]
+        x0_hat = self.mix(x_t / (1 - t), t / (1 - t))  # x_t / (1 - t) = x0 + t / (1 - t) n
+        n_hat = (x_t - (1 - t) * x0_hat) / t
+        return n_hat - x0_hat
+
+
+def exact_teacher(mix: GaussianMixtureDenoiser, objective: str):
+    """The exact denoiser of ``mix`` as a teacher trained with ``objective`` would be seen: the
+    exact network of that parameterisation ("v": sigma_data 1, as Stable Audio Open 1.0;
+    "rectified_flow") wrapped by its preconditioner; "edm": the mixture's denoiser itself."""
+    from presto_ray.models.objectives import make_precond
+
+    if objective == "edm":
+        return mix
+    return make_precond(objective, {"v": ExactV, "rectified_flow": ExactFlow}[objective](mix), 1.0)
+
+
 def mmd(a: Tensor, b: Tensor, bandwidths=BANDWIDTHS) -> float:
     """Squared MMD (biased V-statistic) with a sum of RBF kernels: a [n, d], b [m, d]."""
     a, b = a.double(), b.double()
@@ -241,24 +284,25 @@ def dmd2_update(run: PrestoSRun, student_steps: int) -> PrestoS:
     return make_update(cfg)
 
 
-def make_roles(mix, base: EDMPrecond, run: PrestoSRun) -> Roles:
+def make_roles(mix, base: EDMPrecond, run: PrestoSRun, teacher=None) -> Roles:
     """Generator and fake score: copies of ``base``; the discriminator head reads the fake score's
-    middle block."""
+    middle block; the teacher is ``teacher`` (default: the mixture's exact denoiser)."""
     net = base.net
     guidance = GuidanceModel(copy.deepcopy(base), DiscriminatorHead(net.width, run.head_width), net.depth // 2)
     return Roles(generator=TorchRole.adamw("generator", copy.deepcopy(base), run.lr_gen, grad_clip=run.grad_clip),
-                 teacher=mix,
+                 teacher=mix if teacher is None else teacher,
                  guidance=TorchRole.adamw("guidance", guidance, run.lr_guidance, grad_clip=run.grad_clip))
 
 
-def train_distribution_matching(mix, base: EDMPrecond, update: PrestoS, run: PrestoSRun) -> dict:
-    """Run ``update`` (Presto-S / DMD2) for ``run.iterations`` on fresh data batches. Both roles' lr
+def train_distribution_matching(mix, base: EDMPrecond, update: PrestoS, run: PrestoSRun, teacher=None) -> dict:
+    """Run ``update`` (Presto-S / DMD2) for ``run.iterations`` on fresh data batches of ``mix``,
+    with ``teacher`` (default: the exact denoiser of ``mix``) as the real score. Both roles' lr
     decay linearly to 0 over the run (the generator's scheduler steps once per generator turn, so
     the fake score keeps tracking until the generator stops). Returns {"generator": module,
     "metrics": last step's metrics, "seconds": wall time}."""
     torch.manual_seed(run.seed)
     g = torch.Generator().manual_seed(run.seed + 1)
-    roles = make_roles(mix, base, run)
+    roles = make_roles(mix, base, run, teacher)
     n, ttur = run.iterations, update.ttur
     gen_turns = (n + ttur - 1) // ttur
     sched_gen = torch.optim.lr_scheduler.LambdaLR(roles.generator.optimizer, lambda i: max(0.0, 1 - i / gen_turns))

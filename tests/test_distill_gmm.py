@@ -200,6 +200,36 @@ def test_presto_s_four_step_matches_mixture(name):
     assert _fractions_close(ev["fractions"], st["mix"].weights, lim["four_tol"]), ev["fractions"]
 
 
+@pytest.mark.parametrize("objective", ["v", "rectified_flow"])
+def test_a_v_or_flow_teacher_is_the_edm_teacher_where_presto_s_reads_it(objective):
+    """The exact mixture denoiser written as a v-prediction or rectified-flow network and wrapped by
+    its preconditioner gives the EDM teacher's x0 at every noise level Presto-S draws (float32, the
+    harness's precision), so the distillation below sees the same real score."""
+    mix = H.mixture()
+    g = torch.Generator().manual_seed(0)
+    sigma = H.KarrasContinuous(H.SIGMA_MIN, H.SIGMA_MAX, H.RHO).sample(4096, generator=g)
+    x0, _ = mix.sample(4096, g)
+    x = x0 + sigma[:, None] * torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        got, want = H.exact_teacher(mix, objective)(x, sigma, None), mix(x, sigma)
+    assert (got - want).abs().max() < 1e-5, float((got - want).abs().max())  # measured 4e-7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["v", "rectified_flow"])
+def test_presto_s_from_a_v_or_flow_teacher_reaches_the_edm_paths_accuracy(objective):
+    """Presto-S (same settings and seeds) with the teacher given as a v-prediction or a
+    rectified-flow network passes the bars the EDM path passes on "three", at 1 and 4 steps."""
+    st, edm, lim = _setup("three"), _presto_s("three"), LIMITS["three"]
+    out = H.train_distribution_matching(st["mix"], st["base"], H.presto_s_update(PRESTO_S), PRESTO_S,
+                                        teacher=H.exact_teacher(st["mix"], objective))
+    out["eval"] = {s: H.evaluate(st["mix"], out["generator"], s) for s in (1, 4)}
+    _report(f"presto-s ({objective} teacher)", out, st)
+    _report("presto-s (edm teacher)", edm, st)
+    assert _accepted(out["eval"][1], st, 1, lim["one_vs_init"], lim["one_vs_data"], lim["one_tol"])
+    assert _accepted(out["eval"][4], st, 4, lim["four_vs_init"], lim["four_vs_data"], lim["four_tol"])
+
+
 @pytest.mark.parametrize("name", MIXTURES)
 def test_presto_s_pooled_output_matches_data(name):
     """What distribution matching optimises: G's outputs on noised data pooled over p_gen. It is

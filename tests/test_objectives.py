@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 
+from functools import partial
+
+import gmm_harness as H
 import pytest
 import torch
 
@@ -17,28 +20,8 @@ MIXTURE = GaussianMixtureDenoiser(torch.tensor([0.5, 0.3, 0.2]),
                                   torch.tensor([0.3, 0.5, 0.2]))
 
 
-class ExactV(torch.nn.Module):
-    """The exact v-prediction network of the mixture: on x_t = cos(phi) x0 + sin(phi) n with
-    phi = pi t / 2 it returns v = cos(phi) n_hat - sin(phi) x0_hat, x0_hat = E[x0 | x_t] and
-    n_hat = (x_t - cos(phi) x0_hat) / sin(phi). Derived from the process, not from VPrecond."""
-
-    def forward(self, x_t, t, cond):
-        phi = (t * math.pi / 2)[:, None]
-        cos, sin = phi.cos(), phi.sin()
-        x0_hat = MIXTURE(x_t / cos, sin / cos)  # x_t / alpha = x0 + tan(phi) n: the EDM process at sigma = tan(phi)
-        n_hat = (x_t - cos * x0_hat) / sin
-        return cos * n_hat - sin * x0_hat
-
-
-class ExactFlow(torch.nn.Module):
-    """The exact rectified-flow network of the mixture: on x_t = (1 - t) x0 + t n it returns
-    n_hat - x0_hat, x0_hat = E[x0 | x_t] and n_hat = (x_t - (1 - t) x0_hat) / t."""
-
-    def forward(self, x_t, t, cond):
-        t = t[:, None]
-        x0_hat = MIXTURE(x_t / (1 - t), t / (1 - t))  # x_t / (1 - t) = x0 + t / (1 - t) n
-        n_hat = (x_t - (1 - t) * x0_hat) / t
-        return n_hat - x0_hat
+ExactV = partial(H.ExactV, MIXTURE)
+ExactFlow = partial(H.ExactFlow, MIXTURE)
 
 
 def _points(sigmas: torch.Tensor, seed: int = 0) -> torch.Tensor:

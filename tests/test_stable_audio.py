@@ -112,7 +112,7 @@ def test_euler_sampler_ends_at_the_pipelines_latents(transformer):
 
 
 @torch.no_grad()
-def test_hidden_state_is_the_block_output_of_the_transformer_forward(transformer):
+def test_forward_and_hidden_state_are_the_transformer_forwards(transformer):
     net = StableAudioNet(transformer)
     cond = _cond(5)
     x_in = torch.randn(B, 3, L, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
@@ -120,12 +120,16 @@ def test_hidden_state_is_the_block_output_of_the_transformer_forward(transformer
     seen = {}
     handles = [blk.register_forward_hook(lambda m, a, out, k=k: seen.__setitem__(k, out))
                for k, blk in enumerate(transformer.transformer_blocks)]
-    try:
-        f = net(x_in, t, cond)
+    try:  # the transformer's own forward, as the pipeline calls it
+        rotary = get_1d_rotary_pos_embed(CONFIG["attention_head_dim"] // 2, L + 1, use_real=True,
+                                         repeat_interleave_real=False)
+        f = transformer(x_in, t.double(), encoder_hidden_states=cond.encoder_hidden_states,
+                        global_hidden_states=cond.global_hidden_states, rotary_embedding=rotary, return_dict=False)[0]
     finally:
         for h in handles:
             h.remove()
     assert f.shape == (B, 3, L) and net.depth == 2
+    torch.testing.assert_close(net(x_in, t, cond), f, rtol=0, atol=0)  # our steps are the forward's own
     for k in range(net.depth):
         h = net.hidden_state(x_in, t, cond, k)
         assert h.shape == (B, L, transformer.inner_dim)
@@ -150,7 +154,7 @@ def test_null_condition_dtypes_and_shape_errors(transformer):
         net(torch.zeros(B, 3, L), 0.5, StableAudioCond(cond.encoder_hidden_states, torch.zeros(B, 2, 8)))
     with pytest.raises(ValueError, match="x_in must have shape"):
         net(torch.zeros(B, 4, L), 0.5, cond)
-    with pytest.raises(TypeError, match="budget"):
-        net(torch.zeros(B, 3, L), 0.5, cond, budget=1)
+    with pytest.raises(ValueError, match="layer budget 0 is outside"):
+        net(torch.zeros(B, 3, L), 0.5, cond, budget=0)
     with pytest.raises(ValueError, match="block 2 is outside"):
         net.hidden_state(torch.zeros(B, 3, L), 0.5, cond, 2)

@@ -25,6 +25,7 @@ from presto_ray.models.dit_blocks import (
     sinusoidal_embedding,
     unpatchify,
 )
+from presto_ray.models.layer_budget import BlockBudget, BudgetArg
 
 FREQ_DIM = 256
 """Width of the sinusoidal features fed to the noise, bpm and budget embedding MLPs."""
@@ -33,8 +34,6 @@ NOISE_SCALE = 1000.0
 the range covers the frequency ladder like DiT's 0..1000 timesteps."""
 BUDGET_SCALE = 1000.0
 """The budget fraction (0, 1] is multiplied by this before the sinusoids (same reasoning)."""
-
-BudgetArg = int | Tensor | None
 
 
 class DiT1D(nn.Module):
@@ -64,6 +63,7 @@ class DiT1D(nn.Module):
         # Created last, so that turning it on consumes the RNG after every other module: the rest
         # initialises identically, and its zero last layer leaves the outputs unchanged.
         self.budget_embed = EmbedMLP(FREQ_DIM, width, zero_last=True) if cfg.budget_embedding else None
+        self.budget = BlockBudget(cfg.depth, cfg.keep_last, cfg.drop_mode)
 
     def _init_weights(self) -> None:
         for module in [self.x_embed, self.text_pool, self.context_proj, *self.blocks]:
@@ -77,63 +77,10 @@ class DiT1D(nn.Module):
 
     # ----------------------------------------------------------------------------------- budget
 
-    def _check_budget_value(self, budget: int) -> None:
-        depth, keep_last = self.cfg.depth, self.cfg.keep_last
-        lowest = max(1, keep_last) if self.cfg.drop_mode == "presto" else 1
-        if not lowest <= budget <= depth:
-            extra = (f" (presto mode with keep_last={keep_last} needs budget >= {lowest})"
-                     if lowest > 1 else "")
-            raise ValueError(f"layer budget {budget} is outside [{lowest}, depth={depth}]{extra}")
-
-    def _runs_block(self, k: int, budget: int) -> bool:
-        if self.cfg.drop_mode == "ase":
-            return k < budget
-        keep_last = self.cfg.keep_last
-        return k < budget - keep_last or k >= self.cfg.depth - keep_last
-
     def blocks_run(self, budget: int) -> list[int]:
         """The 0-based blocks a sample with ``budget`` executes, in order. "presto": the first
         budget - keep_last blocks, then the last keep_last ones; "ase": the first ``budget``."""
-        budget = operator.index(budget)
-        self._check_budget_value(budget)
-        return [k for k in range(self.cfg.depth) if self._runs_block(k, budget)]
-
-    def _budgets(self, budget: BudgetArg, batch: int) -> list[int] | None:
-        """Per-sample budgets as a Python list (one host sync), or None for full depth."""
-        if budget is None:
-            return None
-        if isinstance(budget, Tensor):
-            if budget.is_floating_point() or budget.dtype == torch.bool or budget.is_complex():
-                raise ValueError(f"a budget tensor must hold integers, got {budget.dtype}")
-            if budget.ndim == 0:
-                values = [int(budget)] * batch
-            elif budget.shape == (batch,):
-                values = [int(v) for v in budget.tolist()]
-            else:
-                raise ValueError(f"a budget tensor must have shape [B={batch}], got {tuple(budget.shape)}")
-        else:
-            try:
-                values = [operator.index(budget)] * batch
-            except TypeError:
-                raise ValueError(f"budget must be None, an int or a LongTensor [B], got "
-                                 f"{type(budget).__name__}") from None
-        for value in set(values):
-            self._check_budget_value(value)
-        return values
-
-    def _schedule(self, budgets: list[int] | None, device: torch.device) -> list[Tensor | None]:
-        """Per block: None = every sample runs it, else the LongTensor of sample rows that do
-        (possibly empty)."""
-        if budgets is None:
-            return [None] * self.cfg.depth
-        schedule: list[Tensor | None] = []
-        for k in range(self.cfg.depth):
-            rows = [i for i, b in enumerate(budgets) if self._runs_block(k, b)]
-            if len(rows) == len(budgets):
-                schedule.append(None)
-            else:
-                schedule.append(torch.tensor(rows, dtype=torch.long, device=device))
-        return schedule
+        return self.budget.blocks_run(budget)
 
     # ---------------------------------------------------------------------------- conditioning
 
@@ -221,24 +168,18 @@ class DiT1D(nn.Module):
             c_noise = c_noise.expand(batch)
         if c_noise.shape != (batch,):
             raise ValueError(f"c_noise must have shape [B={batch}] (or be a scalar), got {tuple(c_noise.shape)}")
-        budgets = self._budgets(budget, batch)
-        fraction = None
-        if budgets is not None:
-            fraction = torch.tensor(budgets, dtype=torch.float32, device=x.device) / cfg.depth
-        c = self.embed_condition(c_noise, cond, fraction)
+        budgets = self.budget.per_sample(budget, batch)
+        c = self.embed_condition(c_noise, cond, self.budget.fraction(budgets, batch, x.device))
         ctx, ctx_mask = self.encode_context(cond)
         h = self.x_embed(patchify(x.to(self.x_embed.weight.dtype), cfg.patch))
 
         hidden: dict[int, Tensor] = {}
-        schedule = self._schedule(budgets, x.device)
+        schedule = self.budget.rows(budgets, x.device)
         for k in range(last + 1):
             block, rows = self.blocks[k], schedule[k]
             if rows is None:
                 h = block(h, c, ctx, ctx_mask)
-            else:
-                # a block no sample runs is still called on zero rows: every data-parallel rank
-                # then touches every block (ZeRO-3 all-gathers and ZeRO-1/2 gradient buckets
-                # must match across ranks whose batches drew different budgets)
+            else:  # possibly zero rows (see BlockBudget.rows)
                 h_rows = block(h[rows], c[rows], ctx[rows], ctx_mask[rows])
                 h = h.index_copy(0, rows, h_rows.to(h.dtype))
             if k in taps:
