@@ -197,7 +197,7 @@ def cmd_evaluate(args) -> int:
 
         args.budget_schedule = BudgetSchedule.parse(args.budget_schedule).to_json()
     sampling = Sampling(role=args.role, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                        s_churn=args.s_churn, schedule=args.budget_schedule)
+                        cfg_rescale=args.cfg_rescale, s_churn=args.s_churn, schedule=args.budget_schedule)
     metrics = evaluate(args.checkpoint, args.data, args.out, n=args.num_samples, sampling=sampling,
                        reference=args.reference or None, batch_size=args.batch_size, seed=args.seed,
                        mmd_bandwidth=args.mmd_bandwidth,
@@ -239,7 +239,7 @@ def cmd_generate(args) -> int:
 
     schedule = BudgetSchedule.parse(args.budget_schedule) if args.budget_schedule else None
     paths = generate_files(args.checkpoint, prompts, args.out, role=args.role, budget_schedule=schedule, steps=args.steps,
-                           cfg_scale=args.cfg_scale, batch_size=args.batch_size)
+                           cfg_scale=args.cfg_scale, cfg_rescale=args.cfg_rescale, batch_size=args.batch_size)
     for p in paths:
         print(p)
     return 0
@@ -409,6 +409,8 @@ COMMANDS: tuple[Command, ...] = (
         Arg("--sampler", choices=["teacher", "pingpong"], help="sampler (default: the role's own)"),
         Arg("--steps", type=_positive, help="sampler steps (default from the checkpoint)"),
         Arg("--cfg-scale", type=float, help="CFG scale (teacher sampler; ping-pong only with --role teacher)"),
+        Arg("--cfg-rescale", type=float, help="guidance rescale in [0, 1] of the CFG (default from the checkpoint: "
+                                              "sampler.cfg_rescale)"),
         Arg("--s-churn", type=float, help="EDM churn of the teacher sampler (default from the checkpoint)"),
         Arg("--budget-schedule", help='sigma -> budget schedule as JSON, e.g. \'{"edges": [1], "budgets": [6, 3]}\''),
         Arg("--batch-size", type=_positive, default=8),
@@ -438,6 +440,7 @@ COMMANDS: tuple[Command, ...] = (
         Arg("--steps", type=_positive, help="sampler steps (default from the checkpoint: sampler.steps for the "
                                             "teacher and layer students, distill.student_steps for few-step students)"),
         Arg("--cfg-scale", type=float, help="classifier-free guidance scale (teacher)"),
+        Arg("--cfg-rescale", type=float, help="guidance rescale in [0, 1] (default from the checkpoint: sampler.cfg_rescale)"),
         Arg("--role", default="auto", help="exported role to sample: auto (the distilled generator if present, else "
                                            "teacher), teacher or generator"),
         Arg("--budget-schedule", metavar="JSON",

@@ -80,6 +80,9 @@ class SamplerConfig(_Section):
     solver: Literal["heun", "euler"] = "heun"
     steps: int = 40
     cfg_scale: float = 4.0
+    # guidance rescale in [0, 1] of every CFG of this model: its sampler, the undistilled controls
+    # with CFG, and in distillation the real score (edm.guidance.ClassifierFreeGuidance); 0 = plain CFG
+    cfg_rescale: float = 0.0
     rho: float = 7.0
     s_churn: float = 0.0
     s_tmin: float = 0.0
@@ -92,6 +95,8 @@ class SamplerConfig(_Section):
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.cfg_scale < 0 or self.s_churn < 0:
             raise ValueError(f"cfg_scale and s_churn must be >= 0, got {self.cfg_scale} and {self.s_churn}")
+        if not 0 <= self.cfg_rescale <= 1:
+            raise ValueError(f"cfg_rescale must be in [0, 1], got {self.cfg_rescale}")
         return self
 
 

@@ -186,14 +186,16 @@ class MusicGenerator:
 
     @torch.no_grad()
     def sample_from(self, noise: torch.Tensor, cond: Cond, *, seed: int = 1, steps: int | None = None,
-                    cfg_scale: float | None = None, s_churn: float | None = None, sampler: str | None = None,
+                    cfg_scale: float | None = None, cfg_rescale: float | None = None, s_churn: float | None = None,
+                    sampler: str | None = None,
                     schedule: BudgetSchedule | None = None, progress: bool = False, **sampler_kw) -> torch.Tensor:
         """Noise [B, C, T] + condition -> normalised latents [B, C, T].
 
         sampler: "teacher" (Heun/Euler + CFG) or "pingpong" (default: what the exported role was
         trained for, see :attr:`sampler`); schedule: overrides this generator's budget schedule
         (``BudgetSchedule([], [])`` = full depth); seed: the sampler's own noise (churn, ping-pong).
-        cfg_scale, s_churn: replace the exported ``sampler`` settings (teacher sampler). Ping-pong
+        cfg_scale, cfg_rescale, s_churn: replace the exported ``sampler`` settings (teacher sampler;
+        ``cfg_rescale`` wherever guidance is used). Ping-pong
         takes ``cfg_scale`` only for the teacher role (an undistilled control: the teacher's weights
         under the student's sampler); None there means no guidance."""
         cfg = self.export.cfg
@@ -201,6 +203,7 @@ class MusicGenerator:
         steps = sampler_steps(cfg, sampler, steps)
         schedule = self.schedule if schedule is None else schedule
         denoiser = self.denoiser if schedule.is_full else ScheduledDenoiser(self.denoiser, schedule)
+        rescale = cfg.sampler.cfg_rescale if cfg_rescale is None else cfg_rescale
         gen = torch.Generator(device=self.runtime.device).manual_seed(seed)
         with self.runtime.autocast():
             if sampler == "pingpong":
@@ -209,14 +212,14 @@ class MusicGenerator:
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.distill.student_rho,
                                        device=self.runtime.device)
                 if cfg_scale is not None:  # the teacher's weights as an undistilled control, with guidance
-                    denoiser = ClassifierFreeGuidance(denoiser, cfg_scale)
+                    denoiser = ClassifierFreeGuidance(denoiser, cfg_scale, rescale=rescale)
                 x = sample_pingpong(denoiser, noise, sigmas, cond, generator=gen, progress=progress, **sampler_kw)
             else:
                 sigmas = karras_sigmas(steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho,
                                        device=self.runtime.device)
                 scale = cfg.sampler.cfg_scale if cfg_scale is None else cfg_scale
                 churn = cfg.sampler.s_churn if s_churn is None else s_churn
-                x = sample_teacher(ClassifierFreeGuidance(denoiser, scale), noise, sigmas, cond,
+                x = sample_teacher(ClassifierFreeGuidance(denoiser, scale, rescale=rescale), noise, sigmas, cond,
                                    solver=cfg.sampler.solver, s_churn=churn,
                                    s_tmin=cfg.sampler.s_tmin, s_tmax=cfg.sampler.s_tmax,
                                    s_noise=cfg.sampler.s_noise, generator=gen, progress=progress, **sampler_kw)

@@ -338,6 +338,23 @@ def test_cfg_custom_null_and_sampling_lands_on_guided_gaussian():
     torch.testing.assert_close(x.std(0), torch.tensor([0.5, 0.5]), rtol=0.04, atol=0)
 
 
+def test_cfg_rescale_gives_the_guided_estimate_the_conditional_spread():
+    """Guidance rescale: at 1 each sample's guided estimate is scaled to the std of its conditional
+    one (direction kept), at 0 it is plain CFG, in between the mix; outside [0, 1] is refused."""
+    x, sigma = 3 * _noise(32, 2, 16), torch.logspace(-1, 1, 32)
+    c, u = _by_label(x, sigma, Cond("c")), _by_label(x, sigma, Cond("null"))
+    plain = u + 4.0 * (c - u)
+    torch.testing.assert_close(ClassifierFreeGuidance(_by_label, 4.0, rescale=0.0)(x, sigma, Cond("c")), plain)
+    full = ClassifierFreeGuidance(_by_label, 4.0, rescale=1.0)(x, sigma, Cond("c"))
+    torch.testing.assert_close(full.std(dim=1), c.std(dim=1))
+    torch.testing.assert_close(full / full.norm(dim=1, keepdim=True), plain / plain.norm(dim=1, keepdim=True))
+    assert (plain.std(dim=1) > 1.5 * c.std(dim=1)).float().mean() > 0.5  # the extrapolation had spread it
+    half = ClassifierFreeGuidance(_by_label, 4.0, rescale=0.5)(x, sigma, Cond("c"))
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * plain)
+    with pytest.raises(ValueError, match=r"guidance rescale must be in \[0, 1\], got 1.5"):
+        ClassifierFreeGuidance(_by_label, 4.0, rescale=1.5)
+
+
 def _gaussian_flow_map(x, sigma, cond=None, **kw):
     """The exact probability-flow ODE map from noise level sigma to 0 for N(MU, S^2) data:
     x0 = MU + (x - MU) * S / sqrt(S^2 + sigma^2). This is what a perfect few-step student is."""

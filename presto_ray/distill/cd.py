@@ -55,11 +55,13 @@ class ConsistencyDistillation:
     steps: int = 18
     ema: float = 0.95
     w_real: float = 1.0
+    cfg_rescale: float = 0.0  # guidance rescale of the teacher's step (its sampler.cfg_rescale)
 
     @classmethod
     def from_config(cls, cfg) -> "ConsistencyDistillation":
         d, edm = cfg.distill, cfg.edm
-        return cls(edm.sigma_min, edm.sigma_max, edm.rho, steps=d.cd_steps, ema=d.cd_ema, w_real=d.w_real)
+        return cls(edm.sigma_min, edm.sigma_max, edm.rho, steps=d.cd_steps, ema=d.cd_ema, w_real=d.w_real,
+                   cfg_rescale=cfg.sampler.cfg_rescale)
 
     def levels(self, device) -> Tensor:
         """t_1 < ... < t_N: [N] ascending."""
@@ -76,7 +78,7 @@ class ConsistencyDistillation:
         eps = standard_normal(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_next = x0 + expand_sigma(t_next, x0).to(x0.dtype) * eps
         with torch.no_grad():
-            teacher = ClassifierFreeGuidance(roles.teacher, self.w_real)
+            teacher = ClassifierFreeGuidance(roles.teacher, self.w_real, rescale=self.cfg_rescale)
             x_n = heun_step(teacher, x_next, t_next, t_n, cond)
             target = first_output(roles.target(x_n, t_n, cond)).detach()
         pred = first_output(roles.generator(x_next, t_next, cond))

@@ -57,10 +57,10 @@ class PrestoS:
 
     p_gen, p_dmd, p_dsm, p_gan: noise-level distributions; gen_sigmas: when given, generator
     levels are drawn uniformly from this discrete set instead of p_gen (DMD2); sigma_data: EDM
-    sigma_data; w_real: teacher CFG scale; nu1 / nu2: adversarial weights of generator /
-    discriminator; ttur: guidance updates per generator update; gan_loss: lsgan or nonsaturating;
-    backward_simulation: generator inputs from its own samples over ``sim_sigmas``;
-    schedule: the generator's layer-budget schedule (Presto-LS; full depth by default).
+    sigma_data; w_real: teacher CFG scale and cfg_rescale its guidance rescale; nu1 / nu2:
+    adversarial weights of generator / discriminator; ttur: guidance updates per generator
+    update; gan_loss: lsgan or nonsaturating; backward_simulation: generator inputs from its own
+    samples over ``sim_sigmas``; schedule: the generator's layer-budget schedule (Presto-LS; full depth by default).
     """
 
     p_gen: NoiseDistribution
@@ -69,6 +69,7 @@ class PrestoS:
     p_gan: NoiseDistribution
     sigma_data: float
     w_real: float = 4.0
+    cfg_rescale: float = 0.0  # guidance rescale of the real score (the teacher's sampler.cfg_rescale)
     nu1: float = 0.01
     nu2: float = 0.01
     ttur: int = 5
@@ -84,7 +85,8 @@ class PrestoS:
         ``schedule``: the generator's budget schedule)."""
         d, edm = cfg.distill, cfg.edm
         return cls(p_gen=make_noise(d.p_gen, edm), p_dmd=make_noise(d.p_dmd, edm), p_dsm=make_noise(d.p_dsm, edm),
-                   p_gan=make_noise(d.p_gan, edm), sigma_data=edm.sigma_data, w_real=d.w_real, nu1=d.nu1,
+                   p_gan=make_noise(d.p_gan, edm), sigma_data=edm.sigma_data, w_real=d.w_real,
+                   cfg_rescale=cfg.sampler.cfg_rescale, nu1=d.nu1,
                    nu2=d.nu2, ttur=d.ttur, gan_loss=d.gan_loss, gen_sigmas=d.gen_sigmas,
                    backward_simulation=d.backward_simulation, sim_sigmas=list(d.gen_sigmas or _student_levels(cfg)),
                    schedule=schedule or BudgetSchedule([], []))
@@ -104,7 +106,8 @@ class PrestoS:
                         ", ".join(f"distill.{k}" for k in ignored), d.dmd2_noise.kind)
         noise = make_noise(d.dmd2_noise, edm)
         return cls(p_gen=noise, p_dmd=noise, p_dsm=noise, p_gan=noise, sigma_data=edm.sigma_data,
-                   w_real=d.w_real, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur, gan_loss="nonsaturating",
+                   w_real=d.w_real, cfg_rescale=cfg.sampler.cfg_rescale, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur,
+                   gan_loss="nonsaturating",
                    gen_sigmas=list(d.gen_sigmas or student), backward_simulation=d.backward_simulation,
                    sim_sigmas=list(d.gen_sigmas or student), schedule=schedule or BudgetSchedule([], []))
 
@@ -158,7 +161,7 @@ class PrestoS:
 
     def generator_turn(self, roles: Roles, x_hat: Tensor, cond: Any, generator, guard: Guard) -> dict:
         """Update G with L_DMD + nu1 * L_adv; x_hat [B, ...] carries G's graph."""
-        teacher = ClassifierFreeGuidance(roles.teacher, self.w_real)
+        teacher = ClassifierFreeGuidance(roles.teacher, self.w_real, rescale=self.cfg_rescale)
         x_t, sigma = self._noised(x_hat.detach(), self.p_dmd, generator)
         with torch.no_grad():
             m_real = teacher(x_t, sigma, cond).detach()

@@ -17,7 +17,7 @@ fixed bandwidth), fad (null, with ``fad_note`` "n too small", unless both sides 
 twice as many feature vectors as embedding dimensions), precision, density, recall, coverage; ``floor_kad``
 and ``floor_kad_ci`` (the floor sample against the reference). Adherence: tempo_err_bpm,
 tempo_err_octave_bpm, key_acc, instrument_acc. Provenance: n_samples, n_prompts, n_frames,
-n_reference, n_floor, reference, steps, sampler, cfg_scale, s_churn, schedule, model, role,
+n_reference, n_floor, reference, steps, sampler, cfg_scale, cfg_rescale, s_churn, schedule, model, role,
 method, data, embedding. With CLAP also kad_clap, fad_clap, mmd_clap (and their _ci), clap_score
 and clap_embedding.
 
@@ -100,19 +100,21 @@ class Sampling:
     sampler: str | None = None
     steps: int | None = None
     cfg_scale: float | None = None
+    cfg_rescale: float | None = None
     s_churn: float | None = None
     schedule: str | None = None
 
     def generate_kw(self) -> dict:
         """Keyword arguments of :meth:`MusicGenerator.generate`."""
-        kw = {"steps": self.steps, "cfg_scale": self.cfg_scale, "s_churn": self.s_churn, "sampler": self.sampler}
+        kw = {"steps": self.steps, "cfg_scale": self.cfg_scale, "cfg_rescale": self.cfg_rescale,
+              "s_churn": self.s_churn, "sampler": self.sampler}
         if self.schedule is not None:
             kw["schedule"] = BudgetSchedule.parse(self.schedule)
         return kw
 
     def resolved(self, exported: Exported) -> dict:
         """What sampling ``exported`` this way uses, as metrics.json records it: role, sampler,
-        steps, cfg_scale (None: no guidance), s_churn (None: not a Heun/Euler sampler), schedule
+        steps, cfg_scale (None: no guidance), cfg_rescale (the export's guidance rescale), s_churn (None: not a Heun/Euler sampler), schedule
         (None: full depth)."""
         cfg, role = exported.cfg, resolve_role(exported, self.role)
         sampler = self.sampler or default_sampler(cfg, role)
@@ -126,7 +128,9 @@ class Sampling:
         else:
             scale = cfg.sampler.cfg_scale if self.cfg_scale is None else self.cfg_scale
             churn = cfg.sampler.s_churn if self.s_churn is None else self.s_churn
-        return {"role": role, "sampler": sampler, "steps": steps, "cfg_scale": scale, "s_churn": churn,
+        return {"role": role, "sampler": sampler, "steps": steps, "cfg_scale": scale,
+                "cfg_rescale": None if scale is None else (cfg.sampler.cfg_rescale if self.cfg_rescale is None
+                                                           else self.cfg_rescale), "s_churn": churn,
                 "schedule": None if schedule.is_full else json.loads(schedule.to_json())}
 
 
