@@ -80,8 +80,8 @@ class SamplerConfig(_Section):
     solver: Literal["heun", "euler"] = "heun"
     steps: int = 40
     cfg_scale: float = 4.0
-    # guidance rescale in [0, 1] of every CFG of this model: its sampler, the undistilled controls
-    # with CFG, and in distillation the real score (edm.guidance.ClassifierFreeGuidance); 0 = plain CFG
+    # guidance rescale in [0, 1] of this sampler's CFG (edm.guidance.ClassifierFreeGuidance); 0 = plain
+    # CFG. The real score of a distillation has its own, distill.cfg_rescale.
     cfg_rescale: float = 0.0
     rho: float = 7.0
     s_churn: float = 0.0
@@ -287,6 +287,7 @@ class DistillConfig(_Section):
     p_dsm: NoiseConfig = NoiseConfig(kind="train")
     p_gan: NoiseConfig = NoiseConfig(kind="train")
     w_real: float = 4.0  # CFG scale of the real score
+    cfg_rescale: float = 0.0  # guidance rescale of the real score (and of cd's teacher step); 0 = plain CFG
     nu1: float = 0.01  # generator adversarial weight
     nu2: float = 0.01  # discriminator weight in the guidance loss
     ttur: int = 5  # guidance updates per generator update
@@ -324,6 +325,8 @@ class DistillConfig(_Section):
             raise ValueError(f"cd_ema must be in [0, 1), got {self.cd_ema}")
         if self.student_steps < 1:
             raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
+        if not 0.0 <= self.cfg_rescale <= 1.0:
+            raise ValueError(f"cfg_rescale must be in [0, 1], got {self.cfg_rescale}")
         if self.gen_sigmas is not None and (not self.gen_sigmas or min(self.gen_sigmas) <= 0):
             raise ValueError(f"gen_sigmas must be positive noise levels, got {self.gen_sigmas}")
         return self
@@ -335,7 +338,6 @@ class DistillConfig(_Section):
         if self.method not in distilled_methods():
             raise ValueError(f"unknown method '{self.method}'; distill.method is one of {', '.join(distilled_methods())}")
         return self
-
 
 
 class RunConfig(_Section):

@@ -355,6 +355,21 @@ def test_cfg_rescale_gives_the_guided_estimate_the_conditional_spread():
         ClassifierFreeGuidance(_by_label, 4.0, rescale=1.5)
 
 
+def test_the_real_scores_rescale_is_the_distill_configs_and_the_samplers_is_apart():
+    from presto_ray.config import ConfigError, load_config
+    from presto_ray.distill.cd import ConsistencyDistillation
+    from presto_ray.distill.presto_s import PrestoS
+
+    cfg = load_config("tiny", ["distill.cfg_rescale=0.5"])
+    assert cfg.sampler.cfg_rescale == 1.0  # tiny's sampler
+    assert PrestoS.from_config(cfg).cfg_rescale == 0.5 and PrestoS.dmd2_from_config(cfg).cfg_rescale == 0.5
+    assert ConsistencyDistillation.from_config(cfg).cfg_rescale == 0.5
+    assert PrestoS.from_config(load_config("tiny")).cfg_rescale == 0.0  # plain CFG unless asked
+    for bad in ("distill.cfg_rescale=2", "sampler.cfg_rescale=-0.1"):
+        with pytest.raises(ConfigError, match="cfg_rescale must be in"):
+            load_config("tiny", [bad])
+
+
 def _gaussian_flow_map(x, sigma, cond=None, **kw):
     """The exact probability-flow ODE map from noise level sigma to 0 for N(MU, S^2) data:
     x0 = MU + (x - MU) * S / sqrt(S^2 + sigma^2). This is what a perfect few-step student is."""

@@ -132,6 +132,11 @@ def test_quickstart_writes_every_output_and_continues_where_it_stopped(finished,
     for label in LABELS[-3:]:
         assert by_label[label]["sampler"] == "pingpong" and by_label[label]["steps"] == 4
     assert by_label["teacher 4 steps ping-pong + CFG (undistilled)"]["cfg_scale"] == 4.0  # distill.w_real
+    # guidance rescale: the teacher's sampler's (tiny: 1), the CFG control's that of the real score
+    # its student was distilled with (distill.cfg_rescale, default 0)
+    rescale = {name: json.loads((out / "eval" / name / "metrics.json").read_text())["cfg_rescale"]
+               for name in ("teacher", "control-presto-s-cfg", "control-presto-s")}
+    assert rescale == {"teacher": 1.0, "control-presto-s-cfg": 0.0, "control-presto-s": None}
     assert by_label["teacher 2 steps"]["nfe"] <= by_label["teacher default"]["nfe"]
     assert by_label["presto-s 4 steps"]["nfe"] == 4 and by_label["presto-s 4 steps"]["block_fraction"] == 1.0
     for label in ("presto-l schedule", "presto-ls 4 steps + schedule"):

@@ -55,13 +55,13 @@ class ConsistencyDistillation:
     steps: int = 18
     ema: float = 0.95
     w_real: float = 1.0
-    cfg_rescale: float = 0.0  # guidance rescale of the teacher's step (its sampler.cfg_rescale)
+    cfg_rescale: float = 0.0  # guidance rescale of the teacher's step (distill.cfg_rescale)
 
     @classmethod
     def from_config(cls, cfg) -> "ConsistencyDistillation":
         d, edm = cfg.distill, cfg.edm
         return cls(edm.sigma_min, edm.sigma_max, edm.rho, steps=d.cd_steps, ema=d.cd_ema, w_real=d.w_real,
-                   cfg_rescale=cfg.sampler.cfg_rescale)
+                   cfg_rescale=d.cfg_rescale)
 
     def levels(self, device) -> Tensor:
         """t_1 < ... < t_N: [N] ascending."""

@@ -69,7 +69,7 @@ class PrestoS:
     p_gan: NoiseDistribution
     sigma_data: float
     w_real: float = 4.0
-    cfg_rescale: float = 0.0  # guidance rescale of the real score (the teacher's sampler.cfg_rescale)
+    cfg_rescale: float = 0.0  # guidance rescale of the real score (distill.cfg_rescale)
     nu1: float = 0.01
     nu2: float = 0.01
     ttur: int = 5
@@ -86,7 +86,7 @@ class PrestoS:
         d, edm = cfg.distill, cfg.edm
         return cls(p_gen=make_noise(d.p_gen, edm), p_dmd=make_noise(d.p_dmd, edm), p_dsm=make_noise(d.p_dsm, edm),
                    p_gan=make_noise(d.p_gan, edm), sigma_data=edm.sigma_data, w_real=d.w_real,
-                   cfg_rescale=cfg.sampler.cfg_rescale, nu1=d.nu1,
+                   cfg_rescale=d.cfg_rescale, nu1=d.nu1,
                    nu2=d.nu2, ttur=d.ttur, gan_loss=d.gan_loss, gen_sigmas=d.gen_sigmas,
                    backward_simulation=d.backward_simulation, sim_sigmas=list(d.gen_sigmas or _student_levels(cfg)),
                    schedule=schedule or BudgetSchedule([], []))
@@ -106,7 +106,7 @@ class PrestoS:
                         ", ".join(f"distill.{k}" for k in ignored), d.dmd2_noise.kind)
         noise = make_noise(d.dmd2_noise, edm)
         return cls(p_gen=noise, p_dmd=noise, p_dsm=noise, p_gan=noise, sigma_data=edm.sigma_data,
-                   w_real=d.w_real, cfg_rescale=cfg.sampler.cfg_rescale, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur,
+                   w_real=d.w_real, cfg_rescale=d.cfg_rescale, nu1=d.nu1, nu2=d.nu2, ttur=d.ttur,
                    gan_loss="nonsaturating",
                    gen_sigmas=list(d.gen_sigmas or student), backward_simulation=d.backward_simulation,
                    sim_sigmas=list(d.gen_sigmas or student), schedule=schedule or BudgetSchedule([], []))

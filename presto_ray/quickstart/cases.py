@@ -57,9 +57,10 @@ def eval_cases(plan: Plan, methods: tuple[str, ...], exported: dict) -> list[Eva
         else:
             first = Sampling(role="teacher", sampler="pingpong", steps=steps, schedule=as_json)
         controls = [("", CONTROLS[m][0], first)]
-        if CONTROLS[m][1]:  # also with the CFG scale the student was distilled with
+        if CONTROLS[m][1]:  # also with the guidance (scale and rescale) the student was distilled with
             controls.append(("-cfg", CONTROLS[m][1], Sampling(role="teacher", sampler="pingpong", steps=steps,
-                                                              cfg_scale=mcfg.distill.w_real, schedule=as_json)))
+                                                              cfg_scale=mcfg.distill.w_real,
+                                                              cfg_rescale=mcfg.distill.cfg_rescale, schedule=as_json)))
         cases += [EvalCase(f"control-{m}{suffix}", "teacher", label.format(n=steps), sampling, control_of=m)
                   for suffix, label, sampling in controls]
     return cases
