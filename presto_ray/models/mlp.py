@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from presto_ray.models.dit_blocks import sinusoidal_embedding
+from presto_ray.models.layer_budget import BlockBudget
 
 
 class MLPBlock(nn.Module):
@@ -45,8 +46,8 @@ class MLPNet(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
 
     def blocks_run(self, budget: int) -> list[int]:
-        k = self.keep_last
-        return [i for i in range(self.depth) if i < budget - k or i >= self.depth - k]
+        """The blocks a budget runs: the DiT's "presto" rule (:class:`BlockBudget`)."""
+        return BlockBudget(self.depth, self.keep_last).blocks_run(budget)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond=None, *, budget: int | None = None,
                 return_hidden: Sequence[int] | None = None):
