@@ -114,8 +114,9 @@ class Sampling:
 
     def resolved(self, exported: Exported) -> dict:
         """What sampling ``exported`` this way uses, as metrics.json records it: role, sampler,
-        steps, cfg_scale (None: no guidance), cfg_rescale (the export's guidance rescale), s_churn (None: not a Heun/Euler sampler), schedule
-        (None: full depth)."""
+        steps, cfg_scale (None: no guidance), cfg_rescale (its guidance rescale: the override or the
+        export's sampler's; None without guidance), s_churn (None: not a Heun/Euler sampler),
+        schedule (None: full depth)."""
         cfg, role = exported.cfg, resolve_role(exported, self.role)
         sampler = self.sampler or default_sampler(cfg, role)
         if self.schedule is not None:
